@@ -1,0 +1,155 @@
+"""`dial`: inspect and validate the pipeline's artifacts.
+
+    dial check PATH...        validate artifacts against their schemas
+    dial check --all          every artifact under data/, plus the cross-artifact checks
+    dial query "SQL"          DuckDB over all artifacts (one view per artifact; `dial views`)
+    dial views                list the views `dial query` offers
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from dial import io
+from dial.checks import connect, run_checks
+from dial.params import load_params
+from dial.stage import configure_logging, fail, guarded
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help=__doc__)
+
+# Latest-stage aliases: `messages` means the scrubbed messages once they exist.
+ALIASES = {
+    "sessions": ("scrubbed_sessions", "ingested_sessions"),
+    "messages": ("scrubbed_messages", "ingested_messages"),
+    "users": ("scrubbed_users", "ingested_users"),
+}
+
+
+def view_name(path: Path, root: Path) -> str:
+    """data/ingested/messages.parquet -> ingested_messages; data/splits/splits.parquet -> splits."""
+    relative = path.relative_to(root).with_suffix("")
+    parts = [part for part in relative.parts if part not in ("data",)]
+    if len(parts) >= 2 and parts[-1] == parts[-2]:
+        parts = parts[:-1]
+    return "_".join(parts).replace("-", "_").replace(".", "_")
+
+
+def discover_views(root: Path = Path(".")) -> dict[str, Path]:
+    """One view per dial artifact under data/ (files whose Parquet metadata names a schema)."""
+    views: dict[str, Path] = {}
+    for path in sorted((root / "data").rglob("*.parquet")):
+        if path.name.startswith("."):
+            continue  # an in-flight temp file
+        try:
+            io.artifact_of(path)
+        except (io.ArtifactError, FileNotFoundError):
+            continue
+        views[view_name(path, root)] = path
+    for alias, candidates in ALIASES.items():
+        for candidate in candidates:
+            if candidate in views and alias not in views:
+                views[alias] = views[candidate]
+                break
+    return views
+
+
+@app.command()
+@guarded
+def check(
+    paths: list[Path] = typer.Argument(None, help="Parquet artifacts to validate."),
+    all_: bool = typer.Option(False, "--all", help="Every artifact under data/ plus cross-artifact checks."),
+    params_file: Path = typer.Option(Path("params.yaml"), help="For the token budgets."),
+) -> None:
+    """Validate artifacts against their pandera schemas (and, with --all, the DuckDB invariants)."""
+    if not paths and not all_:
+        fail("name one or more artifact paths, or use --all")
+    views = discover_views() if all_ else {}
+    targets = list(paths or []) + sorted(set(views.values()) - set(paths or []))
+    failures = 0
+    for path in targets:
+        try:
+            artifact, frame = io.read_any(path)
+            typer.echo(f"ok   {path}: {artifact.name}, {len(frame)} rows")
+        except (io.ArtifactError, FileNotFoundError) as exc:
+            failures += 1
+            typer.secho(f"FAIL {exc}", fg=typer.colors.RED)
+    if all_:
+        limits = {}
+        if params_file.exists():
+            params = load_params(params_file)
+            limits = {"max_context_tokens": params.context.max_tokens, "max_sample_tokens": params.sft_samples.max_tokens}
+        for result in run_checks(connect(views), limits=limits, available=set(views)):
+            if result.passed:
+                typer.echo(f"ok   {result.check.name}: {result.check.description}")
+            else:
+                failures += 1
+                typer.secho(
+                    f"FAIL {result.check.name}: {result.check.description}: {result.n_violations} violation(s)\n"
+                    + result.examples.to_string(index=False),
+                    fg=typer.colors.RED,
+                )
+    if failures:
+        fail(f"{failures} check(s) failed")
+
+
+@app.command()
+@guarded
+def query(
+    sql: str = typer.Argument(..., help='e.g. "SELECT role, count(*) FROM messages GROUP BY role"'),
+    limit: int = typer.Option(50, help="Rows to print (0 = all)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the result (.csv, .parquet, .json)."),
+) -> None:
+    """Run DuckDB SQL over every artifact (see `dial views` for the table names)."""
+    import duckdb
+    import pandas as pd
+
+    views = discover_views()
+    if not views:
+        fail("no artifacts under data/: run `dvc repro` first")
+    try:
+        result = connect(views).execute(sql).df()
+    except duckdb.Error as exc:
+        fail(f"query failed: {exc}\navailable views: {', '.join(sorted(views))}")
+    if output is not None:
+        suffix = output.suffix.lower()
+        if suffix == ".csv":
+            result.to_csv(output, index=False)
+        elif suffix == ".parquet":
+            result.to_parquet(output, index=False)
+        elif suffix == ".json":
+            result.to_json(output, orient="records", lines=True, force_ascii=False)
+        else:
+            fail(f"{output}: unsupported output format (use .csv, .parquet or .json)")
+        typer.echo(f"wrote {len(result)} rows to {output}")
+        return
+    shown = result if limit == 0 else result.head(limit)
+    with pd.option_context("display.max_columns", None, "display.width", 200, "display.max_colwidth", 80):
+        typer.echo(shown.to_string(index=False) if len(shown) else "(no rows)")
+    if limit and len(result) > limit:
+        typer.echo(f"... {len(result) - limit} more rows (use --limit 0 or --output)")
+
+
+@app.command()
+@guarded
+def views() -> None:
+    """List the DuckDB views `dial query` offers, with their artifact kind and row count."""
+    import pyarrow.parquet as pq
+
+    found = discover_views()
+    if not found:
+        fail("no artifacts under data/: run `dvc repro` first")
+    for name, path in sorted(found.items()):
+        rows = pq.ParquetFile(path).metadata.num_rows
+        typer.echo(f"{name:28s} {io.artifact_of(path).name:14s} {rows:>9d} rows  {path}")
+
+
+def main() -> None:
+    configure_logging()
+    app()
+
+
+if __name__ == "__main__":
+    main()

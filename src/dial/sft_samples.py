@@ -1,0 +1,196 @@
+"""SFT training samples by flipping the dialogue (METHOD.md §3, UserLM).
+
+Every real user message is one sample: context + the session so far → that message. Each session
+adds one end-of-conversation sample: context + the whole session → the end marker. Loss is on the
+completion only (trl's prompt-completion format does that by default).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from dial.checks import CheckError
+from dial.params import SftSamplesParams
+from dial.prompting import simulator_messages
+from dial.schemas import SftSamplesSchema
+
+
+class ChatRenderer:
+    """Renders prompts/completions with the simulator's chat template and counts their tokens."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    def prompt_text(self, messages: list[dict[str, str]]) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def completion_text(self, messages: list[dict[str, str]], completion: str) -> str:
+        """What follows the prompt when the completion is appended (as trl tokenises it)."""
+        prompt = self.prompt_text(messages)
+        full = self.tokenizer.apply_chat_template(
+            messages + [{"role": "assistant", "content": completion}], tokenize=False
+        )
+        if not full.startswith(prompt):
+            raise ValueError("chat template is not prefix-stable: prompt + completion does not extend the prompt")
+        return full[len(prompt) :]
+
+    def count(self, texts: list[str]) -> list[int]:
+        if not texts:
+            return []
+        encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return [len(ids) for ids in encoded]
+
+
+def _sample_row(session, split, target, is_end, prompt, completion, n_prompt, n_completion, n_dropped) -> dict:
+    return {
+        "sample_id": f"{session.session_id}:{'end' if is_end else f'{target:04d}'}",
+        "session_id": session.session_id,
+        "user_id": session.user_id,
+        "split": split,
+        "target_turn_index": target,
+        "is_end": is_end,
+        "prompt": json.dumps(prompt, ensure_ascii=False),
+        "completion": completion,
+        "n_prompt_tokens": n_prompt,
+        "n_completion_tokens": n_completion,
+        "n_history_messages_dropped": n_dropped,
+    }
+
+
+def build_sft_samples(
+    sessions: pd.DataFrame,
+    messages: pd.DataFrame,
+    contexts: pd.DataFrame,
+    splits: pd.DataFrame,
+    params: SftSamplesParams,
+    tokenizer,
+    progress: bool = True,
+) -> tuple[pd.DataFrame, dict]:
+    renderer = ChatRenderer(tokenizer)
+    history_of: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for session_id, role, text in messages.sort_values(["session_id", "turn_index"])[
+        ["session_id", "role", "text"]
+    ].itertuples(index=False):
+        history_of[session_id].append((role, text))
+    context_of = dict(zip(contexts["session_id"], contexts["context_text"]))
+    split_of = dict(zip(splits["user_id"], splits["split"]))
+
+    rows: list[dict] = []
+    over_budget = 0
+    for session in tqdm(
+        sessions.sort_values("session_id").itertuples(index=False),
+        total=len(sessions),
+        desc="sft samples",
+        unit="session",
+        disable=not progress,
+    ):
+        history = history_of[session.session_id]
+        context = context_of[session.session_id]
+        split = split_of[session.user_id]
+        # Targets: every user message, then the end marker after the last message.
+        targets = [(t, text, False) for t, (role, text) in enumerate(history) if role == "user"]
+        targets.append((len(history), params.end_marker, True))
+        block_tokens = _message_block_tokens(renderer, context, history + [("user", params.end_marker)])
+        for target, completion, is_end in targets:
+            dropped = _estimate_drop(block_tokens, target, params.max_tokens)
+            while True:
+                prompt = simulator_messages(context, history[dropped:target])
+                n_prompt, n_completion = renderer.count(
+                    [renderer.prompt_text(prompt), renderer.completion_text(prompt, completion)]
+                )
+                if n_prompt + n_completion <= params.max_tokens or dropped >= target:
+                    break
+                dropped += 1
+            if n_prompt + n_completion > params.max_tokens:
+                over_budget += 1  # even with no history the context + message do not fit
+                continue
+            rows.append(_sample_row(session, split, target, is_end, prompt, completion, n_prompt, n_completion, dropped))
+
+    samples = pd.DataFrame(rows, columns=list(SftSamplesSchema.to_schema().columns))
+    report = _report(samples, over_budget, params)
+    return samples, report
+
+
+def _message_block_tokens(renderer: ChatRenderer, context: str, history: list[tuple[str, str]]) -> list[int]:
+    """Approximate tokens of [system, message 0, message 1, ...] as rendered by the template."""
+    texts = [context] + [text for _, text in history]
+    # Each rendered message costs its text plus a few template tokens (role header, end token).
+    overhead = renderer.count([renderer.prompt_text([{"role": "system", "content": ""}])])[0]
+    return [n + overhead for n in renderer.count(texts)]
+
+
+def _estimate_drop(block_tokens: list[int], target: int, max_tokens: int) -> int:
+    """How many of the oldest history messages to drop so context + history[:target] + the
+    completion (block target + 1) fit; an estimate the caller refines with exact counts."""
+    total = block_tokens[0] + sum(block_tokens[1 : target + 2])
+    dropped = 0
+    while total > max_tokens and dropped < target:
+        total -= block_tokens[1 + dropped]
+        dropped += 1
+    return dropped
+
+
+def _report(samples: pd.DataFrame, over_budget: int, params: SftSamplesParams) -> dict:
+    report: dict = {"max_tokens": params.max_tokens, "end_marker": params.end_marker}
+    report["samples_over_budget_skipped"] = over_budget
+    if samples.empty:
+        report["samples"] = 0
+        return report
+    total_tokens = samples["n_prompt_tokens"] + samples["n_completion_tokens"]
+    report.update(
+        samples=int(len(samples)),
+        end_samples=int(samples["is_end"].sum()),
+        samples_with_history_dropped=int((samples["n_history_messages_dropped"] > 0).sum()),
+        tokens_mean=round(float(total_tokens.mean()), 1),
+        tokens_max=int(total_tokens.max()),
+        per_split={
+            split: {
+                "samples": int((samples["split"] == split).sum()),
+                "completion_tokens": int(samples.loc[samples["split"] == split, "n_completion_tokens"].sum()),
+            }
+            for split in ("train", "valid", "test")
+        },
+    )
+    return report
+
+def run_sft_samples(
+    params: SftSamplesParams,
+    scrubbed_dir: Path,
+    contexts_path: Path,
+    splits_path: Path,
+    model_dir: Path,
+    out_path: Path,
+    report_path: Path,
+) -> pd.DataFrame:
+    """Stage: sessions + contexts + splits → flipped-dialogue SFT samples."""
+    from dial import io, paths
+    from dial.checks import assert_checks
+    from dial.models import load_tokenizer
+
+    sessions = io.SESSIONS.read(paths.sessions_file(scrubbed_dir))
+    messages = io.MESSAGES.read(paths.messages_file(scrubbed_dir))
+    contexts = io.CONTEXTS.read(contexts_path)
+    splits = io.SPLITS.read(splits_path)
+    assert_checks(
+        {"sessions": sessions, "messages": messages, "contexts": contexts, "splits": splits},
+        ["contexts_cover_sessions", "turns_contiguous", "splits_disjoint"],
+        where=str(out_path),
+    )
+    missing = sorted(set(sessions["user_id"]) - set(splits["user_id"]))
+    if missing:
+        raise CheckError(f"{splits_path}: {len(missing)} user(s) without a split, e.g. {missing[:3]}")
+    samples, report = build_sft_samples(sessions, messages, contexts, splits, params, load_tokenizer(model_dir))
+    assert_checks(
+        {"sft_samples": samples, "splits": splits, "sessions": sessions},
+        ["samples_within_budget", "samples_split_matches_user", "samples_sessions_exist"],
+        limits={"max_sample_tokens": params.max_tokens},
+        where=str(out_path),
+    )
+    io.SFT_SAMPLES.write(samples, out_path)
+    io.write_json_atomic(report_path, report)
+    return samples

@@ -1,0 +1,86 @@
+"""Flipped-dialogue SFT samples: one per user message + one end sample, exact token budget."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from dial.params import SftSamplesParams
+from dial.prompting import simulator_messages
+from dial.sft_samples import ChatRenderer, build_sft_samples
+
+
+def corpus(n_long_turns=0):
+    sessions = pd.DataFrame({"session_id": ["s1", "s2"], "user_id": ["a", "b"]})
+    turns = [("s1", "user", "hey"), ("s1", "user", "you there?"), ("s1", "assistant", "yes hi"),
+             ("s1", "user", "cool, bye"), ("s2", "assistant", "welcome! how can I help"), ("s2", "user", "i feel low")]
+    turns += [("s2", "assistant" if i % 2 == 0 else "user", f"long message number {i} " * 6) for i in range(n_long_turns)]
+    messages = pd.DataFrame(turns, columns=["session_id", "role", "text"])
+    messages["turn_index"] = messages.groupby("session_id").cumcount()
+    contexts = pd.DataFrame({"session_id": ["s1", "s2"], "context_text": ["CONTEXT ONE", "CONTEXT TWO"]})
+    splits = pd.DataFrame({"user_id": ["a", "b"], "split": ["train", "valid"]})
+    return sessions, messages, contexts, splits
+
+
+def test_one_sample_per_user_message_plus_end(tiny_tokenizer):
+    sessions, messages, contexts, splits = corpus()
+    samples, report = build_sft_samples(sessions, messages, contexts, splits, SftSamplesParams(), tiny_tokenizer, progress=False)
+    s1 = samples[samples["session_id"] == "s1"].sort_values("sample_id")
+    assert list(s1["completion"]) == ["hey", "you there?", "cool, bye", "<|endconversation|>"]
+    assert list(s1["is_end"]) == [False, False, False, True]
+    assert list(s1["target_turn_index"]) == [0, 1, 3, 4]
+    assert report["samples"] == 6 and report["end_samples"] == 2
+    assert set(samples.loc[samples["session_id"] == "s2", "split"]) == {"valid"}
+    # The flip: real user -> assistant, chatbot -> user, context as system.
+    prompt = json.loads(s1.iloc[2]["prompt"])
+    assert prompt == [
+        {"role": "system", "content": "CONTEXT ONE"},
+        {"role": "assistant", "content": "hey"},
+        {"role": "assistant", "content": "you there?"},
+        {"role": "user", "content": "yes hi"},
+    ]
+    end_prompt = json.loads(s1.iloc[3]["prompt"])
+    assert end_prompt[-1] == {"role": "assistant", "content": "cool, bye"}
+
+
+def test_token_counts_are_exact(tiny_tokenizer):
+    sessions, messages, contexts, splits = corpus()
+    samples, _ = build_sft_samples(sessions, messages, contexts, splits, SftSamplesParams(), tiny_tokenizer, progress=False)
+    for row in samples.itertuples():
+        prompt = json.loads(row.prompt)
+        prompt_ids = tiny_tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
+        full_ids = tiny_tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": row.completion}], tokenize=True)
+        if isinstance(prompt_ids, dict):  # transformers may return a BatchEncoding
+            prompt_ids, full_ids = prompt_ids["input_ids"], full_ids["input_ids"]
+        assert row.n_prompt_tokens == len(prompt_ids)
+        assert row.n_prompt_tokens + row.n_completion_tokens == len(full_ids)
+
+
+def test_oldest_history_dropped_to_fit_budget(tiny_tokenizer):
+    sessions, messages, contexts, splits = corpus(n_long_turns=30)
+    loose, _ = build_sft_samples(sessions, messages, contexts, splits, SftSamplesParams(max_tokens=100_000), tiny_tokenizer, progress=False)
+    budget = int((loose["n_prompt_tokens"] + loose["n_completion_tokens"]).max()) // 2
+    tight, report = build_sft_samples(sessions, messages, contexts, splits, SftSamplesParams(max_tokens=budget), tiny_tokenizer, progress=False)
+    assert ((tight["n_prompt_tokens"] + tight["n_completion_tokens"]) <= budget).all()
+    assert report["samples_with_history_dropped"] > 0
+    last = tight[tight["sample_id"] == "s2:end"].iloc[0]
+    prompt = json.loads(last["prompt"])
+    assert prompt[0] == {"role": "system", "content": "CONTEXT TWO"}  # context always kept
+    s2 = messages[messages["session_id"] == "s2"].sort_values("turn_index")
+    kept = [m["content"] for m in prompt[1:]]
+    assert kept == list(s2["text"])[-len(kept):]  # the most recent messages survive
+    assert last["n_history_messages_dropped"] == len(s2) - len(kept)
+
+
+def test_samples_that_cannot_fit_are_counted_not_silently_lost(tiny_tokenizer):
+    sessions, messages, contexts, splits = corpus()
+    samples, report = build_sft_samples(sessions, messages, contexts, splits, SftSamplesParams(max_tokens=3), tiny_tokenizer, progress=False)
+    assert samples.empty and report["samples_over_budget_skipped"] == 6
+
+
+def test_prompt_render_matches_simulator_messages(tiny_tokenizer):
+    renderer = ChatRenderer(tiny_tokenizer)
+    messages = simulator_messages("CTX", [("user", "hello"), ("assistant", "hi there")])
+    text = renderer.prompt_text(messages)
+    assert text.index("CTX") < text.index("hello") < text.index("hi there")
+    assert renderer.completion_text(messages, "next").startswith("next")
