@@ -120,7 +120,7 @@ class SplitParams(Section):
 class SftSamplesParams(Section):
     # Whole prompt+completion budget of one training sample; the oldest in-session history
     # messages are dropped first (the context itself is already within context.max_tokens).
-    max_tokens: int = Field(default=4096, gt=0)
+    max_tokens: int = Field(default=8192, gt=0)
     end_marker: str = "<|endconversation|>"
 
 

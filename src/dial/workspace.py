@@ -1,0 +1,55 @@
+"""A scratch copy of this project as a fresh git repo, for end-to-end tests and benchmarks that
+run the real `dvc repro` without touching the working tree."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+
+def deep_update(base: dict, override: dict) -> dict:
+    for key, value in override.items():
+        base[key] = deep_update(dict(base.get(key) or {}), value) if isinstance(value, dict) else value
+    return base
+
+
+def tool_env() -> dict[str, str]:
+    """The environment with this interpreter's bin/ first, so `python`, `dvc`, `dial` resolve here."""
+    bin_dir = str(Path(sys.executable).parent)
+    return dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", PYTHONUNBUFFERED="1")
+
+
+def run(args: list[str], cwd: Path, check: bool = True, timeout: float = 3600) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, cwd=cwd, env=tool_env(), capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise RuntimeError(
+            f"`{' '.join(args)}` failed ({result.returncode}) in {cwd}:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+        )
+    return result
+
+
+def copy_project(repo: Path, dest: Path, params_override: dict | None = None) -> Path:
+    """Copy the files git knows (tracked or not ignored) into `dest`, apply a params override and
+    commit, so `dest` behaves like a fresh clone."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=repo, capture_output=True, text=True, check=True,
+    ).stdout.split("\0")
+    for name in filter(None, listed):
+        source = repo / name
+        if source.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+    if params_override:
+        params_path = dest / "params.yaml"
+        params = yaml.safe_load(params_path.read_text(encoding="utf-8"))
+        params_path.write_text(yaml.safe_dump(deep_update(params, params_override), sort_keys=False), encoding="utf-8")
+    run(["git", "init", "-q"], dest)
+    run(["git", "add", "-A"], dest)
+    run(["git", "-c", "user.name=dial", "-c", "user.email=dial@localhost", "commit", "-qm", "scratch copy"], dest)
+    return dest
