@@ -10,7 +10,8 @@ REPO = Path(__file__).resolve().parents[1]
 def test_repo_params_file_is_valid_and_matches_the_documented_defaults():
     params = load_params(REPO / "params.yaml")
     assert params.context.max_tokens == 15000
-    assert params.data.source == "chitchat" and params.data.on_bad_rows == "fail"
+    assert params.data.source == "chitchat" and params.data.on_bad_rows == "quarantine"
+    assert Params().data.on_bad_rows == "fail"  # strict unless a configuration says otherwise
     assert "DATE_TIME" not in params.pii.entities and "PERSON" in params.pii.entities
 
 

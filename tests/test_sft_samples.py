@@ -81,6 +81,6 @@ def test_samples_that_cannot_fit_are_counted_not_silently_lost(tiny_tokenizer):
 def test_prompt_render_matches_simulator_messages(tiny_tokenizer):
     renderer = ChatRenderer(tiny_tokenizer)
     messages = simulator_messages("CTX", [("user", "hello"), ("assistant", "hi there")])
-    text = renderer.prompt_text(messages)
+    (text,) = renderer.prompt_texts([messages])
     assert text.index("CTX") < text.index("hello") < text.index("hi there")
-    assert renderer.completion_text(messages, "next").startswith("next")
+    assert renderer.completion_texts([messages], ["next"])[0].startswith("next")

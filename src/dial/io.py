@@ -25,6 +25,8 @@ import pyarrow.parquet as pq
 from dial import schemas
 
 SCHEMA_KEY = b"dial.schema"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 class ArtifactError(ValueError):
@@ -41,6 +43,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; artifacts get normal permissions
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

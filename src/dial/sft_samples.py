@@ -21,29 +21,43 @@ from dial.schemas import SftSamplesSchema
 
 
 class ChatRenderer:
-    """Renders prompts/completions with the simulator's chat template and counts their tokens."""
+    """Renders prompts/completions with the simulator's chat template and counts their tokens.
+
+    Methods take batches: one template call and one tokenizer call per session is much faster
+    than one per sample (each call carries fixed overhead).
+    """
 
     def __init__(self, tokenizer) -> None:
         self.tokenizer = tokenizer
 
-    def prompt_text(self, messages: list[dict[str, str]]) -> str:
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    def prompt_texts(self, prompts: list[list[dict[str, str]]]) -> list[str]:
+        if not prompts:
+            return []
+        return self.tokenizer.apply_chat_template(prompts, tokenize=False, add_generation_prompt=True)
 
-    def completion_text(self, messages: list[dict[str, str]], completion: str) -> str:
-        """What follows the prompt when the completion is appended (as trl tokenises it)."""
-        prompt = self.prompt_text(messages)
-        full = self.tokenizer.apply_chat_template(
-            messages + [{"role": "assistant", "content": completion}], tokenize=False
+    def completion_texts(self, prompts: list[list[dict[str, str]]], completions: list[str]) -> list[str]:
+        """What follows each prompt when its completion is appended (as trl tokenises it)."""
+        if not prompts:
+            return []
+        prompt_texts = self.prompt_texts(prompts)
+        fulls = self.tokenizer.apply_chat_template(
+            [prompt + [{"role": "assistant", "content": completion}] for prompt, completion in zip(prompts, completions)],
+            tokenize=False,
         )
-        if not full.startswith(prompt):
+        if not all(full.startswith(prompt) for full, prompt in zip(fulls, prompt_texts)):
             raise ValueError("chat template is not prefix-stable: prompt + completion does not extend the prompt")
-        return full[len(prompt) :]
+        return [full[len(prompt) :] for full, prompt in zip(fulls, prompt_texts)]
 
     def count(self, texts: list[str]) -> list[int]:
         if not texts:
             return []
         encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         return [len(ids) for ids in encoded]
+
+    def count_samples(self, prompts: list[list[dict[str, str]]], completions: list[str]) -> list[tuple[int, int]]:
+        """(prompt tokens, completion tokens) for each sample."""
+        counts = self.count(self.prompt_texts(prompts) + self.completion_texts(prompts, completions))
+        return list(zip(counts[: len(prompts)], counts[len(prompts) :]))
 
 
 def _sample_row(session, split, target, is_end, prompt, completion, n_prompt, n_completion, n_dropped) -> dict:
@@ -96,20 +110,23 @@ def build_sft_samples(
         targets = [(t, text, False) for t, (role, text) in enumerate(history) if role == "user"]
         targets.append((len(history), params.end_marker, True))
         block_tokens = _message_block_tokens(renderer, context, history + [("user", params.end_marker)])
-        for target, completion, is_end in targets:
-            dropped = _estimate_drop(block_tokens, target, params.max_tokens)
-            while True:
-                prompt = simulator_messages(context, history[dropped:target])
-                n_prompt, n_completion = renderer.count(
-                    [renderer.prompt_text(prompt), renderer.completion_text(prompt, completion)]
-                )
-                if n_prompt + n_completion <= params.max_tokens or dropped >= target:
-                    break
-                dropped += 1
+        dropped = [_estimate_drop(block_tokens, target, params.max_tokens) for target, _, _ in targets]
+        pending = list(range(len(targets)))
+        counts: dict[int, tuple[int, int]] = {}
+        while pending:  # exact counts; drop one more old message where the estimate was short
+            prompts = [simulator_messages(context, history[dropped[i] : targets[i][0]]) for i in pending]
+            for i, count in zip(pending, renderer.count_samples(prompts, [targets[i][1] for i in pending])):
+                counts[i] = count
+            pending = [i for i in pending if sum(counts[i]) > params.max_tokens and dropped[i] < targets[i][0]]
+            for i in pending:
+                dropped[i] += 1
+        for i, (target, completion, is_end) in enumerate(targets):
+            n_prompt, n_completion = counts[i]
             if n_prompt + n_completion > params.max_tokens:
                 over_budget += 1  # even with no history the context + message do not fit
                 continue
-            rows.append(_sample_row(session, split, target, is_end, prompt, completion, n_prompt, n_completion, dropped))
+            prompt = simulator_messages(context, history[dropped[i] : target])
+            rows.append(_sample_row(session, split, target, is_end, prompt, completion, n_prompt, n_completion, dropped[i]))
 
     samples = pd.DataFrame(rows, columns=list(SftSamplesSchema.to_schema().columns))
     report = _report(samples, over_budget, params)
@@ -120,7 +137,7 @@ def _message_block_tokens(renderer: ChatRenderer, context: str, history: list[tu
     """Approximate tokens of [system, message 0, message 1, ...] as rendered by the template."""
     texts = [context] + [text for _, text in history]
     # Each rendered message costs its text plus a few template tokens (role header, end token).
-    overhead = renderer.count([renderer.prompt_text([{"role": "system", "content": ""}])])[0]
+    overhead = renderer.count(renderer.prompt_texts([[{"role": "system", "content": ""}]]))[0]
     return [n + overhead for n in renderer.count(texts)]
 
 
