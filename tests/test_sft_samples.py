@@ -48,10 +48,9 @@ def test_token_counts_are_exact(tiny_tokenizer):
     samples, _ = build_sft_samples(sessions, messages, contexts, splits, SftSamplesParams(), tiny_tokenizer, progress=False)
     for row in samples.itertuples():
         prompt = json.loads(row.prompt)
-        prompt_ids = tiny_tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
-        full_ids = tiny_tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": row.completion}], tokenize=True)
-        if isinstance(prompt_ids, dict):  # transformers may return a BatchEncoding
-            prompt_ids, full_ids = prompt_ids["input_ids"], full_ids["input_ids"]
+        prompt_ids = tiny_tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=False)
+        full_ids = tiny_tokenizer.apply_chat_template(
+            prompt + [{"role": "assistant", "content": row.completion}], tokenize=True, return_dict=False)
         assert row.n_prompt_tokens == len(prompt_ids)
         assert row.n_prompt_tokens + row.n_completion_tokens == len(full_ids)
 
