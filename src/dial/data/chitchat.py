@@ -24,8 +24,6 @@ from tqdm.auto import tqdm
 
 from dial.data.records import (
     BLANK_ID,
-    INVALID_UTF8,
-    MALFORMED_JSON,
     MISTYPED_FIELD,
     ROLES,
     UNKNOWN_ROLE,
@@ -35,6 +33,7 @@ from dial.data.records import (
     Row,
     Session,
     display_path,
+    load_json_document,
     normalise_timestamp,
     reject_constant,
     type_name,
@@ -92,8 +91,8 @@ def top_level_pairs(text: str) -> list[tuple[str, Any]]:
     return pairs
 
 
-class _NotAnObject(ValueError):
-    pass
+class _NotAnObject(Exception):
+    """The file is JSON but not an object of conversations (not a ValueError: it is not malformed)."""
 
 
 def _role(sender: str, roles: dict[str, str], senders: list[str]) -> str | None:
@@ -197,22 +196,13 @@ def read_chitchat(params: DataParams, *, progress: bool = True) -> list[Row]:
     path = Path(params.path) if params.path else dataset_path()
     if not path.is_file():
         raise FileNotFoundError(f"{display_path(path)}: chitchat dataset.json not found")
-    shown = display_path(path)
-    data = path.read_bytes()
     try:
-        text = data.decode("utf-8")
-        pairs = top_level_pairs(text)
-    except UnicodeDecodeError as exc:
-        problem = Problem(INVALID_UTF8, "", f"invalid UTF-8 at byte {exc.start} of the file")
-        return [Row(shown, 0, data.decode("utf-8", errors="replace"), problems=[problem])]
-    except json.JSONDecodeError as exc:
-        problem = Problem(MALFORMED_JSON, "", f"malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}")
-        return [Row(shown, 0, text, problems=[problem])]
+        shown, pairs, failed = load_json_document(path, top_level_pairs)
     except _NotAnObject as exc:
         problem = Problem(MISTYPED_FIELD, "", f"expected an object of conversations, got {exc}")
-        return [Row(shown, 0, text, problems=[problem])]
-    except (ValueError, RecursionError) as exc:
-        return [Row(shown, 0, text, problems=[Problem(MALFORMED_JSON, "", f"malformed JSON: {exc}")])]
+        return [Row(display_path(path), 0, path.read_text(encoding="utf-8"), problems=[problem])]
+    if failed:
+        return failed
 
     rows = []
     for number, (conversation_id, conversation) in enumerate(

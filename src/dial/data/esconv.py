@@ -26,8 +26,6 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from dial.data.records import (
-    INVALID_UTF8,
-    MALFORMED_JSON,
     MISTYPED_FIELD,
     UNKNOWN_ROLE,
     Checker,
@@ -35,7 +33,7 @@ from dial.data.records import (
     Problem,
     Row,
     Session,
-    display_path,
+    load_json_document,
     list_input_files,
     parse_json,
     read_jsonl_rows,
@@ -122,22 +120,12 @@ def _is_json_list(path: Path) -> bool:
 
 
 def _read_list_file(path: Path, params: DataParams, progress: bool) -> list[Row]:
-    shown = display_path(path)
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8-sig")
-        conversations = parse_json(text)
-    except UnicodeDecodeError as exc:
-        problem = Problem(INVALID_UTF8, "", f"invalid UTF-8 at byte {exc.start} of the file")
-        return [Row(shown, 0, data.decode("utf-8", errors="replace"), problems=[problem])]
-    except json.JSONDecodeError as exc:
-        problem = Problem(MALFORMED_JSON, "", f"malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}")
-        return [Row(shown, 0, text, problems=[problem])]
-    except (ValueError, RecursionError) as exc:
-        return [Row(shown, 0, text, problems=[Problem(MALFORMED_JSON, "", f"malformed JSON: {exc}")])]
+    shown, conversations, failed = load_json_document(path, parse_json, encoding="utf-8-sig")
+    if failed:
+        return failed
     if not isinstance(conversations, list):
         problem = Problem(MISTYPED_FIELD, "", f"expected a JSON list of conversations, got {type_name(conversations)}")
-        return [Row(shown, 0, text, problems=[problem])]
+        return [Row(shown, 0, json.dumps(conversations, ensure_ascii=False), problems=[problem])]
     rows = []
     for number, conversation in enumerate(
         tqdm(conversations, desc=f"read {path.name}", unit="conversation", disable=not progress), start=1

@@ -325,3 +325,22 @@ def read_jsonl_rows(
                 row.problems, row.session = checker.problems, (session if checker.ok else None)
             rows.append(row)
     return rows
+
+
+def load_json_document(path: Path, parse: Callable[[str], Any], encoding: str = "utf-8") -> tuple[str, Any, list[Row]]:
+    """Read and parse a whole-file JSON document: (shown path, parsed value, []), or, when the
+    file is not valid UTF-8 / JSON, (shown path, None, [one Row carrying the problem])."""
+    shown = display_path(path)
+    data = path.read_bytes()
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        problem = Problem(INVALID_UTF8, "", f"invalid UTF-8 at byte {exc.start} of the file")
+        return shown, None, [Row(shown, 0, data.decode("utf-8", errors="replace"), problems=[problem])]
+    try:
+        return shown, parse(text), []
+    except json.JSONDecodeError as exc:
+        problem = Problem(MALFORMED_JSON, "", f"malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}")
+    except (ValueError, RecursionError) as exc:
+        problem = Problem(MALFORMED_JSON, "", f"malformed JSON: {exc}")
+    return shown, None, [Row(shown, 0, text, problems=[problem])]
