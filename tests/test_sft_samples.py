@@ -69,6 +69,12 @@ def test_oldest_history_dropped_to_fit_budget(tiny_tokenizer):
     kept = [m["content"] for m in prompt[1:]]
     assert kept == list(s2["text"])[-len(kept):]  # the most recent messages survive
     assert last["n_history_messages_dropped"] == len(s2) - len(kept)
+    # Minimal: keeping one more old message would break the budget.
+    renderer = ChatRenderer(tiny_tokenizer)
+    history = list(zip(s2["role"], s2["text"]))
+    one_more = simulator_messages("CONTEXT TWO", history[len(s2) - len(kept) - 1:])
+    (counts,) = renderer.count_samples([one_more], ["<|endconversation|>"])
+    assert sum(counts) > budget
 
 
 def test_samples_that_cannot_fit_are_counted_not_silently_lost(tiny_tokenizer):

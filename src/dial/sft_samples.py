@@ -51,8 +51,10 @@ class ChatRenderer:
     def count(self, texts: list[str]) -> list[int]:
         if not texts:
             return []
-        encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
-        return [len(ids) for ids in encoded]
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is not None:  # the Rust tokenizer directly: faster, no max-length warnings
+            return [len(encoding.ids) for encoding in backend.encode_batch(texts, add_special_tokens=False)]
+        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
     def count_samples(self, prompts: list[list[dict[str, str]]], completions: list[str]) -> list[tuple[int, int]]:
         """(prompt tokens, completion tokens) for each sample."""
@@ -111,15 +113,7 @@ def build_sft_samples(
         targets.append((len(history), params.end_marker, True))
         block_tokens = _message_block_tokens(renderer, context, history + [("user", params.end_marker)])
         dropped = [_estimate_drop(block_tokens, target, params.max_tokens) for target, _, _ in targets]
-        pending = list(range(len(targets)))
-        counts: dict[int, tuple[int, int]] = {}
-        while pending:  # exact counts; drop one more old message where the estimate was short
-            prompts = [simulator_messages(context, history[dropped[i] : targets[i][0]]) for i in pending]
-            for i, count in zip(pending, renderer.count_samples(prompts, [targets[i][1] for i in pending])):
-                counts[i] = count
-            pending = [i for i in pending if sum(counts[i]) > params.max_tokens and dropped[i] < targets[i][0]]
-            for i in pending:
-                dropped[i] += 1
+        counts = _exact_counts(renderer, context, history, targets, dropped, params.max_tokens)
         for i, (target, completion, is_end) in enumerate(targets):
             n_prompt, n_completion = counts[i]
             if n_prompt + n_completion > params.max_tokens:
@@ -137,8 +131,41 @@ def _message_block_tokens(renderer: ChatRenderer, context: str, history: list[tu
     """Approximate tokens of [system, message 0, message 1, ...] as rendered by the template."""
     texts = [context] + [text for _, text in history]
     # Each rendered message costs its text plus a few template tokens (role header, end token).
-    overhead = renderer.count(renderer.prompt_texts([[{"role": "system", "content": ""}]]))[0]
+    empty = renderer.tokenizer.apply_chat_template([{"role": "system", "content": ""}], tokenize=False)
+    overhead = renderer.count([empty])[0]
     return [n + overhead for n in renderer.count(texts)]
+
+
+def _exact_counts(renderer, context, history, targets, dropped, max_tokens) -> list[tuple[int, int]]:
+    """Exact (prompt, completion) token counts. Each estimated `dropped` is corrected in place to
+    the fewest oldest messages whose removal makes the sample fit, by a binary search batched
+    across samples (token counts only shrink as more messages are dropped)."""
+    cache: dict[tuple[int, int], tuple[int, int]] = {}
+
+    def fits(queries: list[tuple[int, int]]) -> list[bool]:
+        missing = [(i, d) for i, d in queries if (i, d) not in cache]
+        prompts = [simulator_messages(context, history[d : targets[i][0]]) for i, d in missing]
+        cache.update(zip(missing, renderer.count_samples(prompts, [targets[i][1] for i, _ in missing])))
+        return [sum(cache[query]) <= max_tokens for query in queries]
+
+    bounds = {}
+    for i, ok in enumerate(fits(list(enumerate(dropped)))):
+        if ok and dropped[i] > 0:
+            bounds[i] = [0, dropped[i]]  # fits at the estimate: maybe with fewer dropped
+        elif not ok and dropped[i] < targets[i][0]:
+            bounds[i] = [dropped[i] + 1, targets[i][0]]  # needs more dropped
+    while bounds:
+        active = [i for i, (lo, hi) in bounds.items() if lo < hi]
+        mids = [(i, (bounds[i][0] + bounds[i][1]) // 2) for i in active]
+        for (i, mid), ok in zip(mids, fits(mids)):
+            if ok:
+                bounds[i][1] = mid
+            else:
+                bounds[i][0] = mid + 1
+        for i in [i for i, (lo, hi) in bounds.items() if lo >= hi]:
+            dropped[i] = bounds.pop(i)[0]
+    fits(list(enumerate(dropped)))  # make sure every final choice is counted
+    return [cache[(i, d)] for i, d in enumerate(dropped)]
 
 
 def _estimate_drop(block_tokens: list[int], target: int, max_tokens: int) -> int:
