@@ -134,7 +134,7 @@ _SENTENCE_OPENERS = frozenset(
     """hello hi hey thanks thank okay ok yes yeah yep nope no sorry maybe oh ah um hmm well sure
     great good right wow lol haha sounds glad absolutely exactly definitely honestly really true
     agreed awesome cool nice please perhaps actually anyway alright wait sometimes probably
-    hopefully unfortunately""".split()
+    hopefully unfortunately congrats congratulations""".split()
 )
 _CONTRACTIONS = frozenset(
     stem + end.replace("'", apostrophe)
@@ -699,7 +699,7 @@ class Analyzer:
             detections = [
                 Detection(int(r.start), int(r.end), r.entity_type, round(min(max(float(r.score), 0.0), 1.0), 6))
                 for r in found
-                if r.entity_type in self.entities and _keep_entity(text, r.entity_type, int(r.start), int(r.end))
+                if r.entity_type in self.entities
             ]
         detections += [Detection(s, e, "PERSON", score) for s, e, score in names]
         if person:
@@ -707,7 +707,7 @@ class Analyzer:
                 Detection(*extend_name(text, d.start, d.end), d.entity_type, d.score) if d.entity_type == "PERSON" else d
                 for d in detections
             ]
-        return resolve_overlaps(detections)
+        return resolve_overlaps(d for d in detections if _keep_entity(text, d.entity_type, d.start, d.end))
 
 
 #: NER labels an unknown capitalised word is not taken from: the small model often tags rare
