@@ -1009,6 +1009,15 @@ def scrub_tables(
             })
         return new_text
 
+    def scrub_leaves(obj: dict, session_id: str, kind: str) -> dict:
+        """The scrubbed string leaves of a JSON object that changed, by dotted key."""
+        new_leaves = {}
+        for key, leaf in _string_leaves(obj):
+            new_leaf = scrub(leaf, session_id, f"{kind}:{key}")
+            if new_leaf != leaf:
+                new_leaves[key] = new_leaf
+        return new_leaves
+
     # Per session: topic, then metadata, then messages, then (first session only) the profile.
     topics_out, metadata_out = [], []
     topics_changed = metadata_values_changed = 0
@@ -1020,11 +1029,7 @@ def scrub_tables(
                 changed_sessions.add(session_id)
             topic = new_topic
         topics_out.append(topic)
-        new_leaves = {}
-        for key, leaf in _string_leaves(meta):
-            new_leaf = scrub(leaf, session_id, f"metadata:{key}")
-            if new_leaf != leaf:
-                new_leaves[key] = new_leaf
+        new_leaves = scrub_leaves(meta, session_id, "metadata")
         if new_leaves:
             metadata_values_changed += len(new_leaves)
             changed_sessions.add(session_id)
@@ -1045,11 +1050,7 @@ def scrub_tables(
         session_id = first_session.get(user_id, "")
         if not session_id:
             maps.pop("", None)  # a user without sessions gets a fresh map of its own
-        new_leaves = {}
-        for key, leaf in _string_leaves(profile):
-            new_leaf = scrub(leaf, session_id, f"profile:{key}")
-            if new_leaf != leaf:
-                new_leaves[key] = new_leaf
+        new_leaves = scrub_leaves(profile, session_id, "profile")
         if new_leaves:
             profile_values_changed += len(new_leaves)
             users_changed += 1

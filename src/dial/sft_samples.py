@@ -35,11 +35,15 @@ class ChatRenderer:
             return []
         return self.tokenizer.apply_chat_template(prompts, tokenize=False, add_generation_prompt=True)
 
-    def completion_texts(self, prompts: list[list[dict[str, str]]], completions: list[str]) -> list[str]:
-        """What follows each prompt when its completion is appended (as trl tokenises it)."""
+    def completion_texts(
+        self, prompts: list[list[dict[str, str]]], completions: list[str], prompt_texts: list[str] | None = None
+    ) -> list[str]:
+        """What follows each prompt when its completion is appended (as trl tokenises it).
+        Pass `prompt_texts` when already rendered, to avoid rendering them again."""
         if not prompts:
             return []
-        prompt_texts = self.prompt_texts(prompts)
+        if prompt_texts is None:
+            prompt_texts = self.prompt_texts(prompts)
         fulls = self.tokenizer.apply_chat_template(
             [prompt + [{"role": "assistant", "content": completion}] for prompt, completion in zip(prompts, completions)],
             tokenize=False,
@@ -58,7 +62,8 @@ class ChatRenderer:
 
     def count_samples(self, prompts: list[list[dict[str, str]]], completions: list[str]) -> list[tuple[int, int]]:
         """(prompt tokens, completion tokens) for each sample."""
-        counts = self.count(self.prompt_texts(prompts) + self.completion_texts(prompts, completions))
+        prompt_texts = self.prompt_texts(prompts)
+        counts = self.count(prompt_texts + self.completion_texts(prompts, completions, prompt_texts))
         return list(zip(counts[: len(prompts)], counts[len(prompts) :]))
 
 
