@@ -89,3 +89,24 @@ def test_prompt_render_matches_simulator_messages(tiny_tokenizer):
     (text,) = renderer.prompt_texts([messages])
     assert text.index("CTX") < text.index("hello") < text.index("hi there")
     assert renderer.completion_texts([messages], ["next"])[0].startswith("next")
+
+
+@pytest.mark.parametrize("max_tokens", [100_000, 400, 150])
+def test_block_additive_counts_equal_the_exact_per_sample_path(tiny_tokenizer, monkeypatch, max_tokens):
+    """The O(messages) path (token counts added per rendered message) gives exactly what rendering
+    and tokenising every sample gives, including which history is dropped."""
+    import dial.sft_samples as sft
+
+    sessions, messages, contexts, splits = corpus(n_long_turns=30)
+    params = SftSamplesParams(max_tokens=max_tokens)
+    results = []
+    real_additive = sft._additive_counts
+    monkeypatch.setattr(sft, "_additive_counts", lambda *a: results.append(real_additive(*a)) or results[-1])
+    fast, fast_report = build_sft_samples(sessions, messages, contexts, splits, params, tiny_tokenizer, progress=False)
+    assert len(results) == 2 and all(result is not None for result in results)  # the fast path ran
+    monkeypatch.setattr(sft, "_additive_counts", lambda *a: None)  # force the per-sample path
+    exact, exact_report = build_sft_samples(sessions, messages, contexts, splits, params, tiny_tokenizer, progress=False)
+    pd.testing.assert_frame_equal(fast, exact)
+    assert fast_report == exact_report
+    if max_tokens < 1000:
+        assert fast_report["samples_with_history_dropped"] > 0

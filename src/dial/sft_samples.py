@@ -116,9 +116,13 @@ def build_sft_samples(
         # Targets: every user message, then the end marker after the last message.
         targets = [(t, text, False) for t, (role, text) in enumerate(history) if role == "user"]
         targets.append((len(history), params.end_marker, True))
-        block_tokens = _message_block_tokens(renderer, context, history + [("user", params.end_marker)])
-        dropped = [_estimate_drop(block_tokens, target, params.max_tokens) for target, _, _ in targets]
-        counts = _exact_counts(renderer, context, history, targets, dropped, params.max_tokens)
+        fast = _additive_counts(renderer, context, history + [("user", params.end_marker)], targets, params.max_tokens)
+        if fast is not None:
+            dropped, counts = fast
+        else:  # a template whose messages do not render independently: exact, slower path
+            block_tokens = _message_block_tokens(renderer, context, history + [("user", params.end_marker)])
+            dropped = [_estimate_drop(block_tokens, target, params.max_tokens) for target, _, _ in targets]
+            counts = _exact_counts(renderer, context, history, targets, dropped, params.max_tokens)
         for i, (target, completion, is_end) in enumerate(targets):
             n_prompt, n_completion = counts[i]
             if n_prompt + n_completion > params.max_tokens:
@@ -130,6 +134,59 @@ def build_sft_samples(
     samples = pd.DataFrame(rows, columns=list(SftSamplesSchema.to_schema().columns))
     report = _report(samples, over_budget, params)
     return samples, report
+
+
+def _additive_counts(renderer: ChatRenderer, context: str, blocks_history: list[tuple[str, str]], targets, max_tokens):
+    """Exact (dropped, (prompt, completion) counts) for all samples of a session in O(messages).
+
+    Chat templates such as ChatML render each message as its own block starting with a special
+    token, so the tokenizer splits the text there and token counts add up across blocks: a prompt
+    is head + blocks[dropped:target] + generation prompt. Each message is rendered and tokenised
+    once instead of once per sample (quadratic in a long session). Returns None when the template
+    does not render that way; the result is checked exactly on the session's longest sample.
+    """
+    tokenizer = renderer.tokenizer
+    empty = [{"role": "system", "content": ""}]
+    flipped = simulator_messages("", blocks_history)[1:]
+    rendered = tokenizer.apply_chat_template(
+        [[{"role": "system", "content": context}], empty] + [empty + [message] for message in flipped], tokenize=False
+    )
+    head, empty_head, singles = rendered[0], rendered[1], rendered[2:]
+    generation = tokenizer.apply_chat_template([empty], tokenize=False, add_generation_prompt=True)[0]
+    if not generation.startswith(empty_head) or not all(single.startswith(empty_head) for single in singles):
+        return None
+    generation = generation[len(empty_head) :]
+    blocks = [single[len(empty_head) :] for single in singles]
+    if not all(blocks[target].startswith(generation) for target, _, _ in targets):
+        return None
+    completions = [blocks[target][len(generation) :] for target, _, _ in targets]
+    counts = renderer.count([head, generation] + blocks + completions)
+    n_head, n_generation = counts[0], counts[1]
+    n_blocks = counts[2 : 2 + len(blocks)]
+    n_completions = counts[2 + len(blocks) :]
+    before = [0]  # before[i] = tokens of blocks[:i]
+    for n in n_blocks:
+        before.append(before[-1] + n)
+
+    dropped, sample_counts = [], []
+    for (target, _, _), n_completion in zip(targets, n_completions):
+        drop = 0
+        # Fewest oldest messages dropped so the sample fits (all of them if it never fits).
+        while drop < target and n_head + before[target] - before[drop] + n_generation + n_completion > max_tokens:
+            drop += 1
+        dropped.append(drop)
+        sample_counts.append((n_head + before[target] - before[drop] + n_generation, n_completion))
+
+    # Check the assumption exactly on the sample with the longest kept history.
+    longest = max(range(len(targets)), key=lambda i: targets[i][0] - dropped[i])
+    target, completion, _ = targets[longest]
+    prompt = simulator_messages(context, blocks_history[dropped[longest] : target])
+    (prompt_text,) = renderer.prompt_texts([prompt])
+    if prompt_text != head + "".join(blocks[dropped[longest] : target]) + generation:
+        return None
+    if renderer.count_samples([prompt], [completion])[0] != sample_counts[longest]:
+        return None
+    return dropped, sample_counts
 
 
 def _message_block_tokens(renderer: ChatRenderer, context: str, history: list[tuple[str, str]]) -> list[int]:
