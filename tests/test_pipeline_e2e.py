@@ -12,8 +12,18 @@ import pytest
 from dial.workspace import copy_project, run
 
 REPO = Path(__file__).resolve().parents[1]
-SMOKE = {"data": {"max_sessions": 24}, "split": {"valid_fraction": 0.2, "test_fraction": 0.2}}
+SMOKE = {
+    "data": {"max_sessions": 24},
+    "split": {"valid_fraction": 0.2, "test_fraction": 0.2},
+    "sft": {"max_train_samples": 6, "max_sample_tokens": 768, "save_steps": 4},
+    "simulate": {"n_contexts": 2, "max_turns": 2, "decoding": {"max_new_tokens": 10}},
+    "chatbots": [
+        {"name": "supportive", "backend": "hf", "system_prompt": "Be kind and brief.", "decoding": {"max_new_tokens": 10}},
+        {"name": "replay", "backend": "replay"},
+    ],
+}
 DATA_STAGES = ["ingest", "scrub_pii", "split", "build_contexts", "sft_samples"]
+MODEL_STAGES = ["sft", "simulate@zero-shot", "simulate@sft"]
 
 pytestmark = pytest.mark.e2e
 
@@ -28,7 +38,7 @@ def workspace(tmp_path_factory):
 
 def test_repro_builds_every_artifact(workspace):
     root, first = workspace
-    for stage in ["base_model"] + DATA_STAGES:
+    for stage in ["base_model"] + DATA_STAGES + MODEL_STAGES:
         assert f"Running stage '{stage}'" in first.stdout
     assert (root / "models/base/model.safetensors").exists()
     for path in ["data/ingested/messages.parquet", "data/scrubbed/messages.parquet", "data/splits/splits.parquet",
@@ -46,6 +56,18 @@ def test_repro_builds_every_artifact(workspace):
     assert set(pii_report["counts"]) == {"PERSON", "EMAIL_ADDRESS", "PHONE_NUMBER", "URL", "IP_ADDRESS",
                                          "CREDIT_CARD", "IBAN_CODE", "US_SSN", "LOCATION"}
     assert "seconds" not in pii_report  # tracked metrics hold no timings (they would never be equal)
+    assert (root / "models/simulator/sft/adapter_model.safetensors").exists()
+    for simulator in ("zero-shot", "sft"):
+        report = json.loads((root / f"reports/simulate/{simulator}.json").read_text())
+        assert report["sessions"] == 2 * 2 and set(report["per_chatbot"]) == {"supportive", "replay"}
+        assert sum(report["stop_reasons"].values()) == report["sessions"]
+
+
+def test_simulated_sessions_are_readable(workspace):
+    root, _ = workspace
+    ids = run(["dial", "query", "SELECT session_id FROM simulated_sft_sessions ORDER BY 1 LIMIT 1"], root).stdout.split()
+    shown = run(["dial", "show", ids[-1]], root).stdout
+    assert "simulator sft" in shown and "stop " in shown and "USER" in shown
 
 
 def test_second_repro_is_a_no_op(workspace):
@@ -58,7 +80,7 @@ def test_second_repro_is_a_no_op(workspace):
 def test_forced_rerun_gives_byte_identical_outputs(workspace):
     root, _ = workspace
     before = (root / "dvc.lock").read_text()
-    run(["dvc", "repro", "-f", "-s", *DATA_STAGES], root)
+    run(["dvc", "repro", "-f", "-s", *DATA_STAGES, "sft", "simulate@sft"], root)
     assert (root / "dvc.lock").read_text() == before
 
 

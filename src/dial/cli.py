@@ -4,6 +4,9 @@
     dial check --all          every artifact under data/, plus the cross-artifact checks
     dial query "SQL"          DuckDB over all artifacts (one view per artifact; `dial views`)
     dial views                list the views `dial query` offers
+    dial show SESSION_ID      print one session (real or simulated) as a transcript
+    dial chat                 a simulator talks live to a chatbot, or to you
+    dial serve --model-dir D  an OpenAI-compatible endpoint for a local model
 """
 
 from __future__ import annotations
@@ -144,6 +147,74 @@ def views() -> None:
     for name, path in sorted(found.items()):
         rows = pq.ParquetFile(path).metadata.num_rows
         typer.echo(f"{name:28s} {io.artifact_of(path).name:14s} {rows:>9d} rows  {path}")
+
+
+@app.command()
+@guarded
+def show(
+    session_id: str = typer.Argument(..., help="A session id from `dial query` (real or simulated)."),
+    width: int = typer.Option(100, help="Wrap messages at this width."),
+) -> None:
+    """Print one session as a transcript, with its generation metadata when simulated."""
+    from dial.transcripts import find_session, render
+
+    typer.echo(render(find_session(session_id), width=width))
+
+
+@app.command()
+@guarded
+def chat(
+    simulator: str = typer.Option("sft", help="zero-shot, sft, or a DIAL iteration (it1, ...)."),
+    chatbot: Optional[str] = typer.Option(None, help="A chatbot name from params.yaml; omit to type the replies yourself."),
+    context: Optional[str] = typer.Option(None, help="Real session id whose context grounds the user (default: a held-out one)."),
+    max_turns: int = typer.Option(20, help="Stop after this many user messages."),
+    seed: int = typer.Option(0),
+    params_file: Path = typer.Option(Path("params.yaml")),
+) -> None:
+    """The simulator plays the user, live: against a configured chatbot, or against you (type
+    the chatbot's replies; /quit ends)."""
+    from dial import io, paths
+    from dial.chat import chat_loop
+    from dial.chatbots import make_chatbots
+    from dial.generation import ChatGenerator
+
+    params = load_params(params_file)
+    contexts = io.CONTEXTS.read(paths.CONTEXTS_FILE)
+    if context is None:
+        splits = io.SPLITS.read(paths.SPLITS_FILE)
+        held_out = contexts[contexts["user_id"].isin(splits.loc[splits["split"] == "test", "user_id"])]
+        row = (held_out if len(held_out) else contexts).sort_values("session_id").iloc[0]
+    else:
+        found = contexts[contexts["session_id"] == context]
+        if found.empty:
+            fail(f"{paths.CONTEXTS_FILE}: no context for session {context!r}")
+        row = found.iloc[0]
+    adapter = paths.simulator_adapter_dir(simulator)
+    if adapter is not None and not adapter.exists():
+        fail(f"{adapter}: simulator {simulator!r} not trained yet (run `dvc repro`)")
+    bot = None
+    if chatbot is not None:
+        configured = {c.name: c for c in params.chatbots}
+        if chatbot not in configured:
+            fail(f"chatbot {chatbot!r} is not in {params_file} (have: {', '.join(configured)})")
+        messages = io.MESSAGES.read(paths.messages_file(paths.SCRUBBED_DIR))
+        real = messages[messages["role"] == "assistant"].sort_values(["session_id", "turn_index"]).groupby("session_id")["text"].agg(list).to_dict()
+        (bot,) = make_chatbots([configured[chatbot]], paths.BASE_MODEL_DIR, real, params.simulate.precision, 1)
+    generator = ChatGenerator.load(paths.BASE_MODEL_DIR, adapter, precision=params.simulate.precision, batch_size=1)
+    typer.echo(f"simulator {simulator} as the user of session {row['session_id']}\ncontext summary: {row['current_summary']}\n")
+    chat_loop(generator, row["context_text"], params.simulate.decoding, bot, ask=input, say=typer.echo,
+              max_turns=max_turns, seed=seed, end_marker=params.sft_samples.end_marker)
+
+
+def _serve_command():
+    from dial.serve import serve_command
+
+    return serve_command
+
+
+app.command("serve", help="An OpenAI-compatible endpoint for a local model (see docs/chatbot-endpoint.md).")(
+    guarded(_serve_command())
+)
 
 
 def main() -> None:

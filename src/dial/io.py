@@ -118,10 +118,11 @@ PII_FINDINGS = Artifact("pii_findings", schemas.PiiFindingsSchema, ("session_id"
 CONTEXTS = Artifact("contexts", schemas.ContextsSchema, ("session_id",))
 SPLITS = Artifact("splits", schemas.SplitsSchema, ("user_id",))
 SFT_SAMPLES = Artifact("sft_samples", schemas.SftSamplesSchema, ("sample_id",))
+SIMULATIONS = Artifact("simulations", schemas.SimulationsSchema, ("session_id",))
 
 ARTIFACTS: dict[str, Artifact] = {
     artifact.name: artifact
-    for artifact in (SESSIONS, MESSAGES, USERS, QUARANTINE, PII_FINDINGS, CONTEXTS, SPLITS, SFT_SAMPLES)
+    for artifact in (SESSIONS, MESSAGES, USERS, QUARANTINE, PII_FINDINGS, CONTEXTS, SPLITS, SFT_SAMPLES, SIMULATIONS)
 }
 
 

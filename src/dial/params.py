@@ -124,6 +124,118 @@ class SftSamplesParams(Section):
     end_marker: str = "<|endconversation|>"
 
 
+class LoraParams(Section):
+    r: int = Field(default=8, gt=0)
+    alpha: int = Field(default=16, gt=0)
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    target_modules: str | list[str] = "all-linear"
+
+
+# auto: bf16 autocast where the device supports it (CUDA with bf16, CPUs with AMX/AVX512-BF16),
+# fp32 otherwise. bf16 / fp32 force one.
+Precision = Literal["auto", "bf16", "fp32"]
+
+
+class SftParams(Section):
+    """SFT of the user simulator (METHOD.md §3; the paper's defaults, table 6)."""
+
+    epochs: float = Field(default=1.0, gt=0)
+    batch_size: int = Field(default=1, gt=0)
+    gradient_accumulation_steps: int = Field(default=1, gt=0)
+    learning_rate: float = Field(default=5e-5, gt=0)
+    lr_scheduler: str = "constant"
+    warmup_ratio: float = Field(default=0.0, ge=0.0, lt=1.0)
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    lora: LoraParams = Field(default_factory=LoraParams)
+    # CPU-sized defaults: a seeded subset of the train samples (0 = all) and a per-sample token cap
+    # (longer samples are skipped and counted, never truncated mid-message).
+    max_train_samples: int = Field(default=0, ge=0)
+    max_sample_tokens: int = Field(default=0, ge=0)
+    precision: Precision = "auto"
+    gradient_checkpointing: bool = False
+    logging_steps: int = Field(default=5, gt=0)
+    save_steps: int = Field(default=50, gt=0)
+    seed: int = 0
+
+
+class DecodingParams(Section):
+    temperature: float = Field(default=1.0, ge=0.0)  # 0 = greedy
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(default=64, gt=0)
+
+
+class GuardrailParams(Section):
+    """UserLM-style generation guardrails (off by default): a message that breaks one is
+    regenerated up to `max_retries` times, then kept and flagged."""
+
+    enabled: bool = False
+    forbidden_first_tokens: list[str] = Field(default_factory=list)  # first word, case-insensitive
+    min_words: int = Field(default=0, ge=0)
+    max_words: int = Field(default=0, ge=0)  # 0 = no limit
+    no_repeat_user_turns: bool = True  # no verbatim repeat of an earlier user message
+    no_repeat_summary: bool = True  # no verbatim copy of the context's current-session summary
+    max_retries: int = Field(default=3, ge=0)
+
+
+class ChatbotParams(Section):
+    """One system under test. `hf`: a local transformers model (default: the base model) with a
+    system prompt; `openai`: any OpenAI-compatible chat-completions endpoint; `replay`: the real
+    session's own assistant messages, in order."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    backend: Literal["hf", "openai", "replay"]
+    system_prompt: str = ""
+    decoding: DecodingParams = Field(default_factory=DecodingParams)
+    model_path: str = ""  # hf: a local checkpoint directory; empty = models/base
+    base_url: str = ""  # openai
+    model: str = ""  # openai: model name sent in the request
+    api_key_env: str = ""  # openai: name of the env var holding the key (the key is never logged)
+    timeout_s: float = Field(default=60.0, gt=0)
+    max_retries: int = Field(default=3, ge=0)
+    max_concurrency: int = Field(default=4, gt=0)
+
+    @model_validator(mode="after")
+    def _backend_fields(self) -> "ChatbotParams":
+        if self.backend == "openai" and not (self.base_url and self.model):
+            raise ValueError(f"chatbot {self.name!r}: backend openai needs base_url and model")
+        return self
+
+
+def _default_chatbots() -> list["ChatbotParams"]:
+    return [
+        ChatbotParams(
+            name="supportive",
+            backend="hf",
+            system_prompt=(
+                "You are a warm, supportive listener. Reflect the user's feelings, ask gentle "
+                "open questions and keep replies short."
+            ),
+            decoding=DecodingParams(temperature=0.7, top_p=0.9, max_new_tokens=48),
+        ),
+        ChatbotParams(
+            name="terse",
+            backend="hf",
+            system_prompt="You are a busy assistant. Answer in one short sentence.",
+            decoding=DecodingParams(temperature=1.0, top_p=1.0, max_new_tokens=24),
+        ),
+        ChatbotParams(name="replay", backend="replay"),
+    ]
+
+
+class SimulateParams(Section):
+    """Simulation protocol (METHOD.md §5.1): held-out real contexts x simulations x chatbots."""
+
+    n_contexts: int = Field(default=6, gt=0)  # real contexts from the test split (seeded sample)
+    n_simulations: int = Field(default=1, gt=0)  # sessions per context and chatbot
+    max_turns: int = Field(default=4, gt=0)  # user messages per session at most
+    batch_size: int = Field(default=32, gt=0)  # sessions generated in one batched call
+    precision: Precision = "auto"
+    decoding: DecodingParams = Field(default_factory=lambda: DecodingParams(temperature=1.0, top_p=0.95, max_new_tokens=40))
+    guardrails: GuardrailParams = Field(default_factory=GuardrailParams)
+    seed: int = 0
+
+
 class Params(Section):
     seed: int = 0
     base_model: BaseModelParams = Field(default_factory=BaseModelParams)
@@ -132,6 +244,19 @@ class Params(Section):
     context: ContextParams = Field(default_factory=ContextParams)
     split: SplitParams = Field(default_factory=SplitParams)
     sft_samples: SftSamplesParams = Field(default_factory=SftSamplesParams)
+    sft: SftParams = Field(default_factory=SftParams)
+    simulate: SimulateParams = Field(default_factory=SimulateParams)
+    chatbots: list[ChatbotParams] = Field(default_factory=_default_chatbots)
+
+    @model_validator(mode="after")
+    def _chatbot_names_unique(self) -> "Params":
+        names = [chatbot.name for chatbot in self.chatbots]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"chatbots: duplicate names {duplicates}")
+        if not names:
+            raise ValueError("chatbots: at least one chatbot is needed")
+        return self
 
 
 class ParamsError(ValueError):

@@ -31,3 +31,32 @@ def messages_file(directory: Path) -> Path:
 
 def users_file(directory: Path) -> Path:
     return directory / "users.parquet"
+
+
+# Simulators: models/simulator/<id>/ holds a LoRA adapter on models/base ("zero-shot" has none).
+SIMULATOR_DIR = MODELS / "simulator"
+SFT_MODEL_DIR = SIMULATOR_DIR / "sft"
+SFT_REPORT = REPORTS / "sft.json"
+SFT_LOSS = REPORTS / "sft" / "loss.csv"
+SFT_CHECKPOINTS = Path(".dial") / "checkpoints" / "sft"
+
+SIMULATED_DIR = DATA / "simulated"
+RESUME_DIR = Path(".dial") / "resume"
+ZERO_SHOT = "zero-shot"
+
+
+def simulator_adapter_dir(simulator_id: str) -> Path | None:
+    """The simulator's adapter directory; None for the zero-shot base model."""
+    return None if simulator_id == ZERO_SHOT else SIMULATOR_DIR / simulator_id
+
+
+def simulated_dir(simulator_id: str) -> Path:
+    return SIMULATED_DIR / simulator_id
+
+
+def simulate_report(simulator_id: str) -> Path:
+    return REPORTS / "simulate" / f"{simulator_id}.json"
+
+
+def simulate_resume_file(simulator_id: str) -> Path:
+    return RESUME_DIR / f"simulate-{simulator_id}.json"

@@ -190,3 +190,25 @@ class SftSamplesSchema(_Strict):
     @pa.check("completion")
     def _completion_not_blank(cls, series: pd.Series) -> pd.Series:
         return _non_blank(series)
+
+
+STOP_REASONS = ("user_ended", "chatbot_ended", "max_turns", "empty_message")
+
+
+class SimulationsSchema(_Strict):
+    """Generation metadata of simulated sessions, one row per session. The sessions and messages
+    themselves are in the canonical `sessions`/`messages` schemas, like real ones."""
+
+    session_id: Series[str] = pa.Field(unique=True)
+    simulator_id: Series[str]
+    chatbot_id: Series[str]
+    real_session_id: Series[str]  # whose context grounded the simulation
+    real_user_id: Series[str]
+    simulation_index: Series[int] = pa.Field(ge=0)  # m of the M simulations per context and chatbot
+    seed: Series[int] = pa.Field(ge=0)
+    stop_reason: Series[str] = pa.Field(isin=list(STOP_REASONS))
+    n_user_messages: Series[int] = pa.Field(ge=0)
+    n_assistant_messages: Series[int] = pa.Field(ge=0)
+    user_tokens_generated: Series[int] = pa.Field(ge=0)
+    guardrail_retries: Series[int] = pa.Field(ge=0)
+    guardrail_flagged: Series[int] = pa.Field(ge=0)  # messages kept although a guardrail failed

@@ -11,18 +11,14 @@ defines and both summarisers enforce:
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import re
-import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
 from dial.errors import DialError
+from dial.openai_client import chat_completion
 from dial.params import ContextParams, OpenAIEndpointParams
 
 log = logging.getLogger(__name__)
@@ -185,41 +181,20 @@ class OpenAISummariser:
         return summary
 
     def _complete(self, transcript: str) -> str:
-        body = json.dumps(
-            {
-                "model": self.endpoint.model,
-                "messages": [
-                    {"role": "system", "content": SUMMARY_SYSTEM_PROMPT},
-                    {"role": "user", "content": transcript},
-                ],
-                "temperature": self.endpoint.temperature,
-                "max_tokens": self.endpoint.max_tokens,
-            }
-        ).encode()
-        headers = {"Content-Type": "application/json"}
-        api_key = os.environ.get(self.endpoint.api_key_env, "")
-        if api_key:
-            headers["Authorization"] = f"Bearer {api_key}"
-        url = self.endpoint.base_url.rstrip("/") + "/chat/completions"
-        last_error = ""
-        for attempt in range(self.endpoint.max_retries + 1):
-            if attempt:
-                time.sleep(min(2.0**attempt * 0.25, 10.0))
-            request = urllib.request.Request(url, data=body, headers=headers, method="POST")
-            try:
-                with urllib.request.urlopen(request, timeout=self.endpoint.timeout_s) as response:
-                    payload = json.loads(response.read().decode("utf-8"))
-                return payload["choices"][0]["message"]["content"]
-            except urllib.error.HTTPError as exc:
-                last_error = f"HTTP {exc.code}"
-                if exc.code < 500 and exc.code != 429:
-                    break  # a client error will not fix itself
-            except (urllib.error.URLError, TimeoutError, OSError) as exc:
-                last_error = str(getattr(exc, "reason", exc))
-            except (KeyError, IndexError, TypeError, ValueError) as exc:
-                last_error = f"unexpected response ({exc})"
-            log.warning("summariser endpoint %s: attempt %d failed: %s", url, attempt + 1, last_error)
-        raise DialError(f"summariser endpoint {url} failed after {attempt + 1} attempt(s): {last_error}")
+        return chat_completion(
+            self.endpoint.base_url,
+            self.endpoint.model,
+            [
+                {"role": "system", "content": SUMMARY_SYSTEM_PROMPT},
+                {"role": "user", "content": transcript},
+            ],
+            api_key_env=self.endpoint.api_key_env,
+            timeout_s=self.endpoint.timeout_s,
+            max_retries=self.endpoint.max_retries,
+            temperature=self.endpoint.temperature,
+            max_tokens=self.endpoint.max_tokens,
+            what="summariser endpoint",
+        ).text
 
 
 def make_summariser(params: ContextParams) -> Summariser:

@@ -1,0 +1,65 @@
+"""`dial chat`: watch a simulator talk, live, to a chatbot backend or to a person.
+
+The person (or chatbot) plays the chatbot; the simulator plays the user, grounded on a held-out
+real context. Useful to eyeball a simulator before trusting its metrics.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from dial.chatbots import Chatbot, ChatRequest
+from dial.generation import ChatGenerator
+from dial.params import DecodingParams
+from dial.prompting import DEFAULT_END_MARKER, simulator_messages
+from dial.simulate import stable_seed
+
+QUIT_COMMANDS = {"/quit", "/exit", "/end"}
+
+
+def chat_loop(
+    simulator: ChatGenerator,
+    context_text: str,
+    decoding: DecodingParams,
+    chatbot: Chatbot | None,
+    ask: Callable[[str], str],
+    say: Callable[[str], None],
+    max_turns: int = 20,
+    seed: int = 0,
+    end_marker: str = DEFAULT_END_MARKER,
+) -> str:
+    """Alternate simulator (user) and chatbot (backend, or a person through `ask`) messages.
+    Returns the stop reason."""
+    history: list[tuple[str, str]] = []
+    for turn in range(max_turns):
+        (generated,) = simulator.generate(
+            [simulator_messages(context_text, history)], decoding, [stable_seed(seed, "user", turn)], cache_keys=["chat"]
+        )
+        text = generated.text
+        ended = end_marker in text
+        text = text.split(end_marker, 1)[0].strip()
+        if text:
+            history.append(("user", text))
+            say(f"USER    {text}")
+        if ended:
+            say("--- the simulated user ended the conversation")
+            return "user_ended"
+        if not text:
+            say("--- the simulator produced an empty message")
+            return "empty_message"
+        if chatbot is None:
+            reply = ask("CHATBOT > ").strip()
+            if reply in QUIT_COMMANDS or not reply:
+                return "chatbot_ended"
+        else:
+            (answer,) = chatbot.reply(
+                [ChatRequest("chat", "chat", stable_seed(seed, "chatbot", turn), [{"role": r, "content": t} for r, t in history])]
+            )
+            if answer.text is None:
+                say("--- the chatbot ended the conversation")
+                return "chatbot_ended"
+            reply = answer.text
+            say(f"CHATBOT {reply}")
+        history.append(("assistant", reply))
+    say(f"--- {max_turns} turns reached")
+    return "max_turns"

@@ -1,0 +1,40 @@
+"""Chatbot backends (the systems under test): `hf`, `openai`, `replay`. See base.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from dial.chatbots.base import Chatbot, ChatbotError, ChatReply, ChatRequest
+from dial.params import ChatbotParams
+
+__all__ = ["Chatbot", "ChatbotError", "ChatReply", "ChatRequest", "make_chatbots"]
+
+
+def make_chatbots(
+    chatbots: Sequence[ChatbotParams],
+    base_model_dir: Path,
+    real_assistant_messages: Mapping[str, list[str]],
+    precision: str = "auto",
+    batch_size: int = 32,
+) -> list[Chatbot]:
+    """Build every configured chatbot; `hf` chatbots on the same model share one loaded copy."""
+    from dial.chatbots.hf import HFChatbot
+    from dial.chatbots.replay import ReplayChatbot
+    from dial.generation import ChatGenerator
+
+    generators: dict[Path, ChatGenerator] = {}
+    built: list[Chatbot] = []
+    for params in chatbots:
+        if params.backend == "hf":
+            model_dir = Path(params.model_path) if params.model_path else base_model_dir
+            if model_dir not in generators:
+                generators[model_dir] = ChatGenerator.load(model_dir, precision=precision, batch_size=batch_size)
+            built.append(HFChatbot(params, generators[model_dir]))
+        elif params.backend == "openai":
+            from dial.chatbots.openai import OpenAIChatbot
+
+            built.append(OpenAIChatbot(params))
+        else:
+            built.append(ReplayChatbot(params.name, real_assistant_messages))
+    return built

@@ -1,0 +1,319 @@
+"""Batched chat generation with one random seed per conversation.
+
+Used by the simulator (user messages), the `hf` chatbot backend and `dial serve`. Conversations of
+a call are generated together (sorted by length, left-padded, `batch_size` at a time); each row
+samples with its own `torch.Generator`, so a conversation's tokens depend on its own seed and
+logits, not on which other conversations share the batch (up to float rounding of padding).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from dial.params import DecodingParams
+
+log = logging.getLogger(__name__)
+
+# Tokens that end a generated chat message (ChatML end of turn, end of text).
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "</s>")
+
+
+@dataclass(frozen=True)
+class Generated:
+    text: str
+    n_tokens: int  # generated tokens, end-of-turn token included when emitted
+    hit_max_tokens: bool  # stopped by max_new_tokens rather than by an end-of-turn token
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """bf16 compute that is fast here: CUDA with bf16, or a CPU with AMX / AVX512-BF16."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        try:
+            capability = torch.backends.cpu.get_cpu_capability()
+        except AttributeError:  # older torch
+            return False
+        if capability in ("AVX512", "AMX") or "AMX" in capability:
+            return _cpu_has_bf16_flags()
+    return False
+
+
+def _cpu_has_bf16_flags() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """Inference dtype for `precision` (auto | bf16 | fp32) on `device`."""
+    if precision == "fp32":
+        return torch.float32
+    if precision == "bf16":
+        return torch.bfloat16
+    return torch.bfloat16 if bf16_supported(device) else torch.float32
+
+
+def load_chat_model(model_dir: Path, adapter_dir: Path | None = None, precision: str = "auto", device=None):
+    """A causal LM for inference: base weights, plus a LoRA adapter merged in when given."""
+    from transformers import AutoModelForCausalLM
+
+    from dial.models import load_tokenizer
+
+    device = device or default_device()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()  # merged: plain, fast forward
+    model = model.to(device=device, dtype=resolve_dtype(precision, device)).eval()
+    tokenizer = load_tokenizer(adapter_dir if adapter_dir is not None and (Path(adapter_dir) / "tokenizer.json").exists() else model_dir)
+    return model, tokenizer
+
+
+def sample_next(scores: torch.Tensor, generators: Sequence[torch.Generator], temperature: float, top_p: float) -> torch.Tensor:
+    """Next token of each row, drawn with that row's own generator (greedy when temperature 0)."""
+    scores = scores.float()
+    if temperature == 0:
+        return scores.argmax(dim=-1)
+    probs = torch.softmax(scores / temperature, dim=-1)
+    if top_p < 1.0:
+        probs = _top_p_filter(probs, top_p)
+    return torch.stack([torch.multinomial(row.cpu(), 1, generator=gen)[0] for row, gen in zip(probs, generators)]).to(scores.device)
+
+
+def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    cumulative = sorted_probs.cumsum(dim=-1)
+    # Keep the smallest prefix whose mass reaches top_p (always at least the top token).
+    remove_sorted = cumulative - sorted_probs >= top_p
+    remove = remove_sorted.scatter(1, order, remove_sorted)
+    probs = probs.masked_fill(remove, 0.0)
+    return probs / probs.sum(dim=-1, keepdim=True)
+
+
+@dataclass
+class _CachedPrefix:
+    """Tokens already run through the model for one conversation, with their keys/values
+    (per layer, [kv_heads, tokens, head_dim]), so the next call only processes new tokens."""
+
+    token_ids: list[int]
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+
+
+class ChatGenerator:
+    """Generates the next assistant message of many chat conversations in batches.
+
+    Prefix reuse makes multi-turn simulation affordable on a CPU: a conversation's context is
+    long (hundreds to thousands of tokens) and grows by a few dozen tokens per turn. With a
+    `cache_key` per conversation, the keys/values of the tokens already processed are kept and
+    only the new suffix is run next time; conversations sharing the same prompt in one call
+    (alternatives at a critical point) are prefilled once. Decoding is batched across rows.
+    """
+
+    def __init__(self, model, tokenizer, batch_size: int = 32, reuse_prefixes: bool = True) -> None:
+        self.model = model
+        self.reuse_prefixes = reuse_prefixes  # False: every call runs every prompt token (benchmarks)
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.device = next(model.parameters()).device
+        vocab = tokenizer.get_vocab()
+        self.end_token_ids = sorted({vocab[token] for token in END_OF_TURN_TOKENS if token in vocab})
+        if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in self.end_token_ids:
+            self.end_token_ids.append(tokenizer.eos_token_id)
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.end_token_ids[0]
+        self.max_positions = getattr(model.config, "max_position_embeddings", None)
+        self._prefixes: dict[str, _CachedPrefix] = {}
+        self.tokens_prefilled = 0  # prompt tokens actually run through the model (for benchmarks)
+        self.tokens_reused = 0  # prompt tokens served from a cached prefix
+
+    @classmethod
+    def load(cls, model_dir: Path, adapter_dir: Path | None = None, precision: str = "auto", batch_size: int = 32):
+        model, tokenizer = load_chat_model(model_dir, adapter_dir, precision)
+        return cls(model, tokenizer, batch_size)
+
+    def forget(self, cache_keys: Sequence[str] | None = None) -> None:
+        """Drop cached prefixes (all of them when no keys are given)."""
+        if cache_keys is None:
+            self._prefixes.clear()
+        for key in cache_keys or ():
+            self._prefixes.pop(key, None)
+
+    def prompt_ids(self, conversations: Sequence[list[dict[str, str]]]) -> list[list[int]]:
+        texts = self.tokenizer.apply_chat_template(list(conversations), tokenize=False, add_generation_prompt=True)
+        if hasattr(self.tokenizer, "backend_tokenizer"):
+            return [encoding.ids for encoding in self.tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)]
+        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+    def generate(
+        self,
+        conversations: Sequence[list[dict[str, str]]],
+        decoding: DecodingParams,
+        seeds: Sequence[int],
+        cache_keys: Sequence[str] | None = None,
+        progress: bool = False,
+        desc: str = "generate",
+    ) -> list[Generated]:
+        """The next assistant message of each conversation (chat messages with roles).
+
+        `cache_keys` (one per conversation, optional) name conversations that continue across
+        calls; their processed tokens are kept until `forget`."""
+        if len(conversations) != len(seeds) or (cache_keys is not None and len(cache_keys) != len(seeds)):
+            raise ValueError("one seed (and cache key, if any) per conversation is needed")
+        if not conversations:
+            return []
+        prompts = self.prompt_ids(conversations)
+        if not self.reuse_prefixes:
+            cache_keys = None
+        if self.max_positions:
+            for i, ids in enumerate(prompts):
+                if len(ids) + decoding.max_new_tokens > self.max_positions:
+                    raise ValueError(
+                        f"conversation {i}: {len(ids)} prompt tokens + {decoding.max_new_tokens} new tokens exceed "
+                        f"the model's {self.max_positions} positions"
+                    )
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths share a batch
+        results: list[Generated | None] = [None] * len(prompts)
+        batches = [order[start : start + self.batch_size] for start in range(0, len(order), self.batch_size)]
+        for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress or len(batches) < 2, leave=False):
+            generated = self._generate_batch(
+                [prompts[i] for i in batch],
+                decoding,
+                [seeds[i] for i in batch],
+                [cache_keys[i] for i in batch] if cache_keys is not None else [None] * len(batch),
+            )
+            for index, item in zip(batch, generated):
+                results[index] = item
+        return results  # type: ignore[return-value]
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _prefill(self, prompt: list[int], cached: _CachedPrefix | None) -> tuple[torch.Tensor, _CachedPrefix]:
+        """Run the prompt's tokens not yet in `cached`; returns the last position's logits."""
+        from transformers import DynamicCache
+
+        reuse = 0
+        if cached is not None:
+            limit = min(len(cached.token_ids), len(prompt) - 1)  # at least one token must be run
+            while reuse < limit and cached.token_ids[reuse] == prompt[reuse]:
+                reuse += 1
+        cache = DynamicCache()
+        if reuse:
+            cache = DynamicCache(
+                ddp_cache_data=[
+                    (k[None, :, :reuse].to(self.device), v[None, :, :reuse].to(self.device))
+                    for k, v in zip(cached.keys, cached.values)
+                ]
+            )
+        new_tokens = torch.tensor([prompt[reuse:]], dtype=torch.long, device=self.device)
+        positions = torch.arange(reuse, len(prompt), device=self.device)[None, :]
+        # logits_to_keep=1: only the last position's logits are needed (saves the vocab projection
+        # of every prompt token: ~20% of a small model's compute and a [tokens x vocab] tensor).
+        output = self.model(
+            input_ids=new_tokens, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1
+        )
+        self.tokens_prefilled += len(prompt) - reuse
+        self.tokens_reused += reuse
+        cache = output.past_key_values
+        prefix = _CachedPrefix(
+            list(prompt), [layer.keys[0] for layer in cache.layers], [layer.values[0] for layer in cache.layers]
+        )
+        return output.logits[0, -1], prefix
+
+    @torch.inference_mode()
+    def _generate_batch(
+        self, prompts: list[list[int]], decoding: DecodingParams, seeds: list[int], cache_keys: list[str | None]
+    ) -> list[Generated]:
+        from transformers import DynamicCache
+
+        # 1. Prefill each distinct prompt once, continuing a cached prefix when there is one.
+        # Rows with the same prompt (sessions grounded on one context, alternatives at one
+        # point) share the result: the tensors are only read afterwards.
+        prefilled: dict[tuple, tuple[torch.Tensor, _CachedPrefix]] = {}
+        row_prefix = []
+        for prompt, key in zip(prompts, cache_keys):
+            identity = tuple(prompt) if self.reuse_prefixes else len(prefilled)
+            if identity not in prefilled:
+                prefilled[identity] = self._prefill(prompt, self._prefixes.get(key) if key is not None else None)
+            row_prefix.append(prefilled[identity])
+
+        # 2. One left-padded batch cache; every row continues from its own prompt length.
+        lengths = [len(prompt) for prompt in prompts]
+        width = max(lengths)
+        n_layers = len(row_prefix[0][1].keys)
+        layer_kv = []
+        for layer in range(n_layers):
+            keys = [prefix.keys[layer] for _, prefix in row_prefix]
+            values = [prefix.values[layer] for _, prefix in row_prefix]
+            heads, _, dim = keys[0].shape
+            padded_k = keys[0].new_zeros((len(prompts), heads, width, dim))
+            padded_v = values[0].new_zeros((len(prompts), heads, width, dim))
+            for row, (k, v) in enumerate(zip(keys, values)):
+                padded_k[row, :, width - k.shape[1] :] = k
+                padded_v[row, :, width - v.shape[1] :] = v
+            layer_kv.append((padded_k, padded_v))
+        cache = DynamicCache(ddp_cache_data=layer_kv)
+        attention_mask = torch.zeros((len(prompts), width), dtype=torch.long, device=self.device)
+        for row, length in enumerate(lengths):
+            attention_mask[row, width - length :] = 1
+        logits = torch.stack([row_logits for row_logits, _ in row_prefix])
+
+        # 3. Batched decoding; rows leave the batch when they emit an end-of-turn token.
+        generators = [torch.Generator().manual_seed(int(seed) % (2**63)) for seed in seeds]
+        generated: list[list[int]] = [[] for _ in prompts]
+        ended = [False] * len(prompts)
+        alive = list(range(len(prompts)))  # batch position -> row
+        end_ids = set(self.end_token_ids)
+        for step in range(decoding.max_new_tokens):
+            tokens = sample_next(logits, [generators[row] for row in alive], decoding.temperature, decoding.top_p)
+            keep = []
+            for position, (row, token) in enumerate(zip(alive, tokens.tolist())):
+                generated[row].append(token)
+                if token in end_ids:
+                    ended[row] = True
+                else:
+                    keep.append(position)
+            if not keep or step == decoding.max_new_tokens - 1:
+                break
+            if len(keep) < len(alive):
+                index = torch.tensor(keep, device=self.device)
+                cache.batch_select_indices(index)
+                attention_mask = attention_mask[index]
+                tokens = tokens[index]
+                alive = [alive[position] for position in keep]
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(alive), 1))], dim=1)
+            positions = torch.tensor([[lengths[row] + step] for row in alive], device=self.device)
+            output = self.model(
+                input_ids=tokens[:, None].to(self.device),
+                attention_mask=attention_mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+            )
+            cache = output.past_key_values
+            logits = output.logits[:, -1]
+
+        # 4. Keep each keyed conversation's prompt prefix for its next call.
+        for key, (_, prefix) in zip(cache_keys, row_prefix):
+            if key is not None:
+                self._prefixes[key] = prefix
+
+        results = []
+        for row, ids in enumerate(generated):
+            kept = ids[:-1] if ended[row] else ids
+            text = self.tokenizer.decode(kept, skip_special_tokens=True).strip()
+            results.append(Generated(text=text, n_tokens=len(ids), hit_max_tokens=not ended[row]))
+        return results

@@ -1,0 +1,517 @@
+"""Simulation engine (METHOD.md §5.1): a user simulator converses with chatbots.
+
+Protocol: N held-out real contexts (test-split users) × M simulations × every configured chatbot.
+A session stops when the simulator emits the end-of-conversation marker, when the chatbot ends
+it, or after `max_turns` user messages; the stop reason is recorded.
+
+Rollouts run in lockstep: every round, all active sessions generate their next user message in
+one batched call, then each chatbot answers all of its active sessions in one batched call;
+finished sessions leave the batch. Every session has its own seed (derived from the params, the
+real session, the chatbot and the simulation index, not from the simulator), so the same params
+give the same sessions, and different simulators face paired conditions.
+
+Finished sessions are saved to a resume file after every round: when a chatbot fails mid-run
+(after its retries), the error names the chatbot and session, and the next run with the same
+params and models only simulates the sessions that had not finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from dial.chatbots import Chatbot, ChatbotError, ChatRequest
+from dial.errors import DialError
+from dial.generation import ChatGenerator
+from dial.params import GuardrailParams, SimulateParams
+from dial.prompting import DEFAULT_END_MARKER, simulator_messages
+from dial.summarise import verbatim_leak
+
+log = logging.getLogger(__name__)
+
+ZERO_SHOT = "zero-shot"
+
+
+@dataclass
+class SessionState:
+    """One simulated session while it is being generated."""
+
+    session_id: str
+    real_session_id: str
+    real_user_id: str
+    chatbot_id: str
+    simulation_index: int
+    seed: int
+    context_text: str
+    current_summary: str
+    topic: str | None
+    history: list[tuple[str, str]] = field(default_factory=list)  # (role, text): user = simulated
+    message_metadata: list[dict] = field(default_factory=list)
+    stop_reason: str | None = None
+    user_tokens_generated: int = 0
+    guardrail_retries: int = 0
+    guardrail_flagged: int = 0
+
+    @property
+    def n_user_messages(self) -> int:
+        return sum(1 for role, _ in self.history if role == "user")
+
+    def chat_request(self, turn: int) -> ChatRequest:
+        return ChatRequest(
+            session_id=self.session_id,
+            real_session_id=self.real_session_id,
+            seed=stable_seed(self.seed, "chatbot", turn),
+            messages=[{"role": role, "content": text} for role, text in self.history],
+        )
+
+
+def stable_seed(*parts) -> int:
+    """A 63-bit seed from any values, stable across runs and machines (unlike hash())."""
+    digest = hashlib.sha256(":".join(str(part) for part in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+# --- which sessions to simulate ------------------------------------------------------------------
+
+
+def select_contexts(
+    contexts: pd.DataFrame, sessions: pd.DataFrame, messages: pd.DataFrame, splits: pd.DataFrame, params: SimulateParams
+) -> pd.DataFrame:
+    """A seeded sample of held-out real sessions (test-split users) to ground simulations.
+
+    Only sessions with at least one user and one assistant message qualify: an unanswered real
+    session gives the replay chatbot nothing to say and the discriminator nothing to compare."""
+    test_users = set(splits.loc[splits["split"] == "test", "user_id"])
+    roles = messages.groupby(["session_id", "role"]).size().unstack(fill_value=0)
+    answered = set(roles.index[(roles.get("user", 0) > 0) & (roles.get("assistant", 0) > 0)])
+    candidates = sessions[sessions["user_id"].isin(test_users) & sessions["session_id"].isin(answered)]
+    candidates = candidates.merge(contexts[["session_id", "context_text", "current_summary"]], on="session_id")
+    if candidates.empty:
+        raise DialError(
+            "simulate: no held-out session to ground simulations (test-split users with at least one "
+            "user and one assistant message); raise split.test_fraction or data.max_sessions"
+        )
+    candidates = candidates.sort_values("session_id").reset_index(drop=True)
+    if len(candidates) < params.n_contexts:
+        log.warning("simulate: only %d held-out contexts qualify (simulate.n_contexts=%d)", len(candidates), params.n_contexts)
+        return candidates
+    return candidates.sample(n=params.n_contexts, random_state=params.seed).sort_values("session_id").reset_index(drop=True)
+
+
+def plan_sessions(selected: pd.DataFrame, chatbot_ids: Sequence[str], simulator_id: str, params: SimulateParams) -> list[SessionState]:
+    states = []
+    for row in selected.itertuples(index=False):
+        for chatbot_id in chatbot_ids:
+            for m in range(params.n_simulations):
+                states.append(
+                    SessionState(
+                        session_id=f"sim:{simulator_id}:{chatbot_id}:{row.session_id}:{m}",
+                        real_session_id=row.session_id,
+                        real_user_id=row.user_id,
+                        chatbot_id=chatbot_id,
+                        simulation_index=m,
+                        seed=stable_seed(params.seed, row.session_id, chatbot_id, m),
+                        context_text=row.context_text,
+                        current_summary=row.current_summary,
+                        topic=row.topic if isinstance(row.topic, str) else None,
+                    )
+                )
+    return states
+
+
+# --- guardrails (UserLM) ------------------------------------------------------------------------
+
+_SPACE = re.compile(r"\s+")
+
+
+def _normalise(text: str) -> str:
+    return _SPACE.sub(" ", text.strip().lower())
+
+
+def guardrail_failures(text: str, earlier_user_texts: Sequence[str], summary: str, params: GuardrailParams) -> list[str]:
+    """Names of the guardrails a generated user message breaks (empty when it passes)."""
+    failures = []
+    words = text.split()
+    if params.forbidden_first_tokens and words:
+        first = words[0].strip(".,!?;:'\"").lower()
+        if first in {token.lower() for token in params.forbidden_first_tokens}:
+            failures.append("forbidden_first_token")
+    if params.min_words and len(words) < params.min_words:
+        failures.append("too_short")
+    if params.max_words and len(words) > params.max_words:
+        failures.append("too_long")
+    if params.no_repeat_user_turns and _normalise(text) in {_normalise(earlier) for earlier in earlier_user_texts}:
+        failures.append("repeats_earlier_turn")
+    if params.no_repeat_summary and summary and verbatim_leak(text, [summary]):
+        failures.append("copies_summary")
+    return failures
+
+
+# --- the engine ---------------------------------------------------------------------------------
+
+
+@dataclass
+class SimulationStats:
+    rounds: int = 0
+    user_tokens: int = 0
+    chatbot_calls: int = 0
+    seconds: float = 0.0
+
+
+class Simulation:
+    """Lockstep batched rollouts of `states` between one simulator and the chatbots."""
+
+    def __init__(
+        self,
+        simulator: ChatGenerator,
+        chatbots: Sequence[Chatbot],
+        params: SimulateParams,
+        end_marker: str = DEFAULT_END_MARKER,
+        on_round_end=None,
+    ) -> None:
+        self.simulator = simulator
+        self.chatbots = {chatbot.name: chatbot for chatbot in chatbots}
+        self.params = params
+        self.end_marker = end_marker
+        self.on_round_end = on_round_end  # called with the states after every round (resume file)
+        self.stats = SimulationStats()
+
+    def run(self, states: list[SessionState], progress: bool = True) -> list[SessionState]:
+        """Simulate every unfinished session, `batch_size` sessions at a time (a wave): all rounds
+        of a wave run in lockstep; cached prompt prefixes are dropped when the wave ends, which
+        bounds memory."""
+        started = time.perf_counter()
+        unknown = sorted({state.chatbot_id for state in states} - set(self.chatbots))
+        if unknown:
+            raise DialError(f"simulate: sessions refer to unconfigured chatbot(s) {unknown}")
+        todo = [state for state in states if state.stop_reason is None]
+        bar = tqdm(total=len(todo), desc="simulate", unit="session", disable=not progress)
+        try:
+            for start in range(0, len(todo), self.params.batch_size):
+                wave = todo[start : start + self.params.batch_size]
+                try:
+                    for turn in range(self.params.max_turns):
+                        active = [state for state in wave if state.stop_reason is None]
+                        if not active:
+                            break
+                        self._user_turn(active, turn)
+                        self._chatbot_turn([state for state in active if state.stop_reason is None], turn)
+                        if turn == self.params.max_turns - 1:
+                            for state in active:
+                                if state.stop_reason is None:
+                                    state.stop_reason = "max_turns"
+                        self.stats.rounds += 1
+                        finished_now = sum(state.stop_reason is not None for state in active)
+                        bar.update(finished_now)
+                        bar.set_postfix(
+                            round=turn + 1,
+                            user_tok_s=f"{self.stats.user_tokens / max(time.perf_counter() - started, 1e-9):.1f}",
+                        )
+                        if self.on_round_end is not None:
+                            self.on_round_end(states)
+                finally:
+                    self._forget(wave)
+        finally:
+            bar.close()
+            self.stats.seconds += time.perf_counter() - started
+        return states
+
+    def _forget(self, wave: list[SessionState]) -> None:
+        self.simulator.forget([self._cache_key(state) for state in wave])
+        session_ids = [state.session_id for state in wave]
+        for chatbot in self.chatbots.values():
+            chatbot.forget(session_ids)
+
+    @staticmethod
+    def _cache_key(state: SessionState) -> str:
+        return f"user:{state.session_id}"
+
+    def _user_turn(self, active: list[SessionState], turn: int) -> None:
+        guardrails = self.params.guardrails
+        max_retries = guardrails.max_retries if guardrails.enabled else 2  # empty messages: always retried
+        pending = list(range(len(active)))
+        results: dict[int, tuple[str, int, int, list[str]]] = {}  # index -> text, tokens, attempts, failures
+        for attempt in range(max_retries + 1):
+            conversations = [simulator_messages(active[i].context_text, active[i].history) for i in pending]
+            seeds = [stable_seed(active[i].seed, "user", turn, attempt) for i in pending]
+            generated = self.simulator.generate(
+                conversations, self.params.decoding, seeds, cache_keys=[self._cache_key(active[i]) for i in pending]
+            )
+            retry = []
+            for i, g in zip(pending, generated):
+                state = active[i]
+                tokens = results.get(i, ("", 0, 0, []))[1] + g.n_tokens
+                failures = self._failures(g.text, state)
+                results[i] = (g.text, tokens, attempt, failures)
+                if failures:
+                    retry.append(i)
+            pending = retry
+            if not pending or attempt == max_retries:
+                break
+            for i in pending:
+                active[i].guardrail_retries += 1
+        for i, (text, tokens, attempt, failures) in results.items():
+            state = active[i]
+            state.user_tokens_generated += tokens
+            self.stats.user_tokens += tokens
+            if self.end_marker in text:
+                # The marker ends the session; words before it are the user's last message.
+                text = text.split(self.end_marker, 1)[0].strip()
+                if text:
+                    state.history.append(("user", text))
+                    state.message_metadata.append({"n_tokens": tokens, "attempts": attempt + 1, "flagged": []})
+                state.stop_reason = "user_ended"
+                continue
+            if not text.strip():
+                state.stop_reason = "empty_message"
+                continue
+            if failures:
+                state.guardrail_flagged += 1
+            state.history.append(("user", text))
+            state.message_metadata.append({"n_tokens": tokens, "attempts": attempt + 1, "flagged": failures})
+
+    def _failures(self, text: str, state: SessionState) -> list[str]:
+        if self.end_marker in text:
+            return []  # ending is always allowed
+        if not text.strip():
+            return ["empty"]
+        if not self.params.guardrails.enabled:
+            return []
+        earlier = [message for role, message in state.history if role == "user"]
+        return guardrail_failures(text, earlier, state.current_summary, self.params.guardrails)
+
+    def _chatbot_turn(self, active: list[SessionState], turn: int) -> None:
+        for chatbot_id, chatbot in self.chatbots.items():
+            group = [state for state in active if state.chatbot_id == chatbot_id]
+            if not group:
+                continue
+            replies = chatbot.reply([state.chat_request(turn) for state in group])
+            self.stats.chatbot_calls += 1
+            if len(replies) != len(group):
+                raise ChatbotError(chatbot_id, group[0].session_id, f"{len(replies)} replies for {len(group)} requests")
+            for state, reply in zip(group, replies):
+                if reply.text is None or not reply.text.strip():
+                    state.stop_reason = "chatbot_ended"
+                else:
+                    state.history.append(("assistant", reply.text))
+                    state.message_metadata.append(dict(reply.metadata))
+
+
+# --- artifacts ----------------------------------------------------------------------------------
+
+
+def to_frames(states: Sequence[SessionState], simulator_id: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Canonical sessions + messages (like real ones) and the per-session generation metadata."""
+    session_rows, message_rows, simulation_rows = [], [], []
+    index_of_user: dict[str, int] = {}
+    for state in sorted(states, key=lambda s: s.session_id):
+        if state.stop_reason is None:
+            raise DialError(f"simulate: session {state.session_id} has not finished")
+        user_id = f"sim:{simulator_id}:{state.real_user_id}"
+        session_index = index_of_user.get(user_id, 0)
+        index_of_user[user_id] = session_index + 1
+        generation = {
+            "simulator_id": simulator_id,
+            "chatbot_id": state.chatbot_id,
+            "real_session_id": state.real_session_id,
+            "seed": state.seed,
+            "stop_reason": state.stop_reason,
+        }
+        session_rows.append(
+            {
+                "session_id": state.session_id,
+                "user_id": user_id,
+                "source": f"simulated:{simulator_id}",
+                "session_index": session_index,
+                "started_at": None,
+                "chatbot_id": state.chatbot_id,
+                "topic": state.topic,
+                "metadata": json.dumps(generation, sort_keys=True),
+            }
+        )
+        for turn, ((role, text), metadata) in enumerate(zip(state.history, state.message_metadata)):
+            message_rows.append(
+                {
+                    "session_id": state.session_id,
+                    "turn_index": turn,
+                    "role": role,
+                    "text": text,
+                    "timestamp": None,
+                    "metadata": json.dumps(metadata, sort_keys=True),
+                }
+            )
+        simulation_rows.append(
+            {
+                "session_id": state.session_id,
+                "simulator_id": simulator_id,
+                "chatbot_id": state.chatbot_id,
+                "real_session_id": state.real_session_id,
+                "real_user_id": state.real_user_id,
+                "simulation_index": state.simulation_index,
+                "seed": state.seed,
+                "stop_reason": state.stop_reason,
+                "n_user_messages": state.n_user_messages,
+                "n_assistant_messages": len(state.history) - state.n_user_messages,
+                "user_tokens_generated": state.user_tokens_generated,
+                "guardrail_retries": state.guardrail_retries,
+                "guardrail_flagged": state.guardrail_flagged,
+            }
+        )
+    return pd.DataFrame(session_rows), pd.DataFrame(message_rows), pd.DataFrame(simulation_rows)
+
+
+def report(simulations: pd.DataFrame, simulator_id: str) -> dict:
+    """Counts only (no timings): tracked metrics must be identical across identical runs."""
+    def summary(frame: pd.DataFrame) -> dict:
+        return {
+            "sessions": int(len(frame)),
+            "stop_reasons": {reason: int(n) for reason, n in sorted(frame["stop_reason"].value_counts().items())},
+            "user_messages_mean": round(float(frame["n_user_messages"].mean()), 3) if len(frame) else 0.0,
+            "assistant_messages_mean": round(float(frame["n_assistant_messages"].mean()), 3) if len(frame) else 0.0,
+            "guardrail_retries": int(frame["guardrail_retries"].sum()),
+            "guardrail_flagged": int(frame["guardrail_flagged"].sum()),
+        }
+
+    result = {"simulator": simulator_id, **summary(simulations)}
+    result["per_chatbot"] = {chatbot: summary(group) for chatbot, group in sorted(simulations.groupby("chatbot_id"))}
+    return result
+
+
+# --- resume file --------------------------------------------------------------------------------
+
+
+class ResumeFile:
+    """Finished sessions of an interrupted run, valid only for the same fingerprint."""
+
+    def __init__(self, path: Path, fingerprint: str) -> None:
+        self.path = path
+        self.fingerprint = fingerprint
+
+    def load(self) -> dict[str, SessionState]:
+        if not self.path.exists():
+            return {}
+        try:
+            payload = json.loads(self.path.read_text(encoding="utf-8"))
+        except ValueError:
+            return {}
+        if payload.get("fingerprint") != self.fingerprint:
+            return {}
+        finished = {}
+        for item in payload["finished"]:
+            item["history"] = [tuple(message) for message in item["history"]]
+            finished[item["session_id"]] = SessionState(**item)
+        return finished
+
+    def save(self, states: Sequence[SessionState]) -> None:
+        finished = [asdict(state) for state in states if state.stop_reason is not None]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_name(f".{self.path.name}.tmp")
+        temporary.write_text(json.dumps({"fingerprint": self.fingerprint, "finished": finished}), encoding="utf-8")
+        temporary.replace(self.path)
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def fingerprint(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _model_stamp(directory: Path | None) -> list:
+    """Cheap identity of a model directory's weights (size and mtime of each file)."""
+    if directory is None:
+        return []
+    return sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in Path(directory).glob("*.safetensors"))
+
+
+# --- the stage ----------------------------------------------------------------------------------
+
+
+def run_simulate(
+    simulator_id: str,
+    params: SimulateParams,
+    chatbot_params: Sequence,
+    end_marker: str,
+    scrubbed_dir: Path,
+    contexts_path: Path,
+    splits_path: Path,
+    base_model_dir: Path,
+    adapter_dir: Path | None,
+    out_dir: Path,
+    report_path: Path,
+    resume_path: Path,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Stage: simulate held-out contexts × simulations × chatbots with one simulator.
+
+    `adapter_dir` is the simulator's LoRA adapter (None for the zero-shot base model)."""
+    from dial import io, paths
+    from dial.chatbots import make_chatbots
+    from dial.checks import assert_checks
+
+    sessions = io.SESSIONS.read(paths.sessions_file(scrubbed_dir))
+    messages = io.MESSAGES.read(paths.messages_file(scrubbed_dir))
+    contexts = io.CONTEXTS.read(contexts_path)
+    splits = io.SPLITS.read(splits_path)
+    if adapter_dir is not None and not (Path(adapter_dir) / "adapter_config.json").exists():
+        raise DialError(f"{adapter_dir}: no LoRA adapter (adapter_config.json) for simulator {simulator_id!r}")
+
+    selected = select_contexts(contexts, sessions, messages, splits, params)
+    chatbot_ids = [chatbot.name for chatbot in chatbot_params]
+    states = plan_sessions(selected, chatbot_ids, simulator_id, params)
+    resume = ResumeFile(
+        resume_path,
+        fingerprint(
+            simulator_id, params.model_dump(), [c.model_dump() for c in chatbot_params], end_marker,
+            list(selected["session_id"]), _model_stamp(base_model_dir), _model_stamp(adapter_dir),
+        ),
+    )
+    finished = resume.load()
+    if finished:
+        log.info("simulate %s: resuming, %d of %d sessions already finished", simulator_id, len(finished), len(states))
+    states = [finished.get(state.session_id, state) for state in states]
+    todo = [state for state in states if state.stop_reason is None]
+
+    log.info(
+        "simulate %s: %d contexts x %d simulations x %d chatbots = %d sessions (%d to generate)",
+        simulator_id, len(selected), params.n_simulations, len(chatbot_ids), len(states), len(todo),
+    )
+    if todo:
+        real_assistant = (
+            messages[messages["role"] == "assistant"].sort_values(["session_id", "turn_index"]).groupby("session_id")["text"].agg(list).to_dict()
+        )
+        simulator = ChatGenerator.load(base_model_dir, adapter_dir, precision=params.precision, batch_size=params.batch_size)
+        chatbots = make_chatbots(chatbot_params, base_model_dir, real_assistant, params.precision, params.batch_size)
+        simulation = Simulation(simulator, chatbots, params, end_marker, on_round_end=lambda _: resume.save(states))
+        try:
+            simulation.run(states, progress=progress)
+        except ChatbotError:
+            resume.save(states)
+            raise
+        finally:
+            for chatbot in chatbots:
+                chatbot.close()
+        stats = simulation.stats
+        log.info(
+            "simulate %s: %d rounds, %d user tokens in %.1f s (%.1f user tokens/s incl. chatbots)",
+            simulator_id, stats.rounds, stats.user_tokens, stats.seconds, stats.user_tokens / max(stats.seconds, 1e-9),
+        )
+
+    sim_sessions, sim_messages, simulations = to_frames(states, simulator_id)
+    assert_checks({"sessions": sim_sessions, "messages": sim_messages}, ["turns_contiguous"], where=str(out_dir))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    io.SESSIONS.write(sim_sessions, paths.sessions_file(out_dir))
+    io.MESSAGES.write(sim_messages, paths.messages_file(out_dir))
+    io.SIMULATIONS.write(simulations, out_dir / "simulations.parquet")
+    io.write_json_atomic(report_path, report(simulations, simulator_id))
+    resume.clear()
+    return simulations

@@ -1,0 +1,84 @@
+"""Batched generation with per-row seeds and prefix reuse (tiny random model)."""
+
+import pytest
+import torch
+
+from dial.generation import ChatGenerator, load_chat_model
+from dial.params import DecodingParams
+
+
+@pytest.fixture(scope="module")
+def generator(tiny_model_dir):
+    model, tokenizer = load_chat_model(tiny_model_dir, precision="fp32")
+    return ChatGenerator(model, tokenizer, batch_size=4)
+
+
+def conversation(i: int, extra: int = 0) -> list[dict[str, str]]:
+    messages = [{"role": "system", "content": f"context number {i} about work and sleep"}]
+    for turn in range(extra):
+        messages += [{"role": "assistant", "content": f"i feel tired {turn}"}, {"role": "user", "content": f"why is that {turn}"}]
+    return messages
+
+
+def test_greedy_matches_transformers_generate(generator):
+    decoding = DecodingParams(temperature=0.0, max_new_tokens=12)
+    conversations = [conversation(i, extra=i % 3) for i in range(3)]
+    ours = generator.generate(conversations, decoding, [0, 1, 2])
+    for conv, result in zip(conversations, ours):
+        ids = generator.prompt_ids([conv])[0]
+        out = generator.model.generate(
+            input_ids=torch.tensor([ids]), max_new_tokens=12, do_sample=False,
+            eos_token_id=generator.end_token_ids, pad_token_id=generator.pad_token_id,
+        )
+        new = out[0, len(ids):].tolist()
+        ended = next((k for k, t in enumerate(new) if t in generator.end_token_ids), None)
+        expected = generator.tokenizer.decode(new if ended is None else new[:ended], skip_special_tokens=True).strip()
+        assert result.text == expected
+        assert result.n_tokens == (len(new) if ended is None else ended + 1)
+
+
+def test_each_row_depends_on_its_own_seed_not_on_the_batch(generator):
+    decoding = DecodingParams(temperature=1.0, top_p=0.9, max_new_tokens=16)
+    conversations = [conversation(i, extra=i % 2) for i in range(6)]
+    together = generator.generate(conversations, decoding, [10, 11, 12, 13, 14, 15])
+    alone = [generator.generate([conv], decoding, [10 + i])[0] for i, conv in enumerate(conversations)]
+    assert [g.text for g in together] == [g.text for g in alone]
+    reseeded = generator.generate(conversations[:1], decoding, [99])[0]
+    again = generator.generate(conversations[:1], decoding, [99])[0]
+    assert reseeded == again
+
+
+def test_prefix_cache_gives_the_same_tokens_and_skips_work(generator):
+    decoding = DecodingParams(temperature=1.0, max_new_tokens=10)
+    keys = ["a", "b"]
+    first = generator.generate([conversation(0), conversation(1)], decoding, [1, 2], cache_keys=keys)
+    grown = [conversation(i) + [{"role": "assistant", "content": g.text or "x"}, {"role": "user", "content": "and then?"}]
+             for i, g in enumerate(first)]
+    before = generator.tokens_reused
+    cached = generator.generate(grown, decoding, [3, 4], cache_keys=keys)
+    assert generator.tokens_reused > before  # the shared prefix was not run again
+    fresh = ChatGenerator(generator.model, generator.tokenizer).generate(grown, decoding, [3, 4])
+    assert [g.text for g in cached] == [g.text for g in fresh]
+    generator.forget(keys)
+    assert not generator._prefixes
+
+
+def test_identical_prompts_are_prefilled_once(generator):
+    decoding = DecodingParams(temperature=1.0, max_new_tokens=4)
+    prompt_tokens = len(generator.prompt_ids([conversation(5)])[0])
+    before = generator.tokens_prefilled
+    results = generator.generate([conversation(5)] * 4, decoding, list(range(4)), cache_keys=["alt"] * 4)
+    assert generator.tokens_prefilled - before == prompt_tokens  # one batch: one prefill
+    assert len({g.text for g in results}) > 1  # different samples from one prefill
+    generator.forget(["alt"])
+    # Different sessions grounded on the same context share the first prefill too.
+    before = generator.tokens_prefilled
+    generator.generate([conversation(6)] * 3, decoding, [1, 2, 3], cache_keys=["s1", "s2", "s3"])
+    assert generator.tokens_prefilled - before == len(generator.prompt_ids([conversation(6)])[0])
+    generator.forget()
+
+
+def test_too_long_prompt_is_a_clear_error(generator):
+    long = [{"role": "system", "content": "word " * 20000}]
+    with pytest.raises(ValueError, match="exceed the model's"):
+        generator.generate([long], DecodingParams(max_new_tokens=4), [0])
