@@ -7,6 +7,7 @@
     dial show SESSION_ID      print one session (real or simulated) as a transcript
     dial chat                 a simulator talks live to a chatbot, or to you
     dial serve --model-dir D  an OpenAI-compatible endpoint for a local model
+    dial pipeline             rewrite dvc.yaml's per-iteration stages from dial.iterations
 """
 
 from __future__ import annotations
@@ -204,6 +205,28 @@ def chat(
     typer.echo(f"simulator {simulator} as the user of session {row['session_id']}\ncontext summary: {row['current_summary']}\n")
     chat_loop(generator, row["context_text"], params.simulate.decoding, bot, ask=input, say=typer.echo,
               max_turns=max_turns, seed=seed, end_marker=params.sft_samples.end_marker)
+
+
+@app.command()
+@guarded
+def pipeline(
+    check: bool = typer.Option(False, "--check", help="Only report whether dvc.yaml matches params.yaml (exit 1 if not)."),
+    params_file: Path = typer.Option(Path("params.yaml")),
+    dvc_yaml: Path = typer.Option(Path("dvc.yaml")),
+) -> None:
+    """Write one simulate/discriminator stage per simulator and one pairs/dpo stage per DIAL
+    iteration into dvc.yaml, as `dial.iterations` in params.yaml asks (everything else is kept)."""
+    from dial.pipeline import foreach_items, simulator_ids, stage_items, sync_dvc_yaml
+
+    iterations = load_params(params_file).dial.iterations
+    if check:
+        if stage_items(dvc_yaml) != foreach_items(iterations):
+            fail(f"{dvc_yaml} does not match dial.iterations={iterations} in {params_file}: run `dial pipeline`")
+        typer.echo(f"{dvc_yaml} matches dial.iterations={iterations}")
+        return
+    changed = sync_dvc_yaml(dvc_yaml, iterations)
+    simulators = ", ".join(simulator_ids(iterations))
+    typer.echo(f"{dvc_yaml}: {'rewritten' if changed else 'already up to date'} for {iterations} iterations (simulators: {simulators})")
 
 
 def _serve_command():

@@ -15,6 +15,7 @@ from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
+from transformers.cache_utils import DynamicLayer
 
 from dial.params import DecodingParams
 
@@ -32,25 +33,10 @@ class Generated:
 
 
 def bf16_supported(device: torch.device) -> bool:
-    """bf16 compute that is fast here: CUDA with bf16, or a CPU with AMX / AVX512-BF16."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        try:
-            capability = torch.backends.cpu.get_cpu_capability()
-        except AttributeError:  # older torch
-            return False
-        if capability in ("AVX512", "AMX") or "AMX" in capability:
-            return _cpu_has_bf16_flags()
-    return False
+    """bf16 compute that is fast here (one definition, shared with training)."""
+    from dial.training.common import bf16_is_fast
 
-
-def _cpu_has_bf16_flags() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+    return bf16_is_fast(device)
 
 
 def default_device() -> torch.device:
@@ -112,6 +98,40 @@ class _CachedPrefix:
     token_ids: list[int]
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
+
+
+class PreallocatedLayer(DynamicLayer):
+    """A decoding KV-cache layer that writes new tokens into buffers allocated once for the whole
+    generation, instead of `DynamicLayer`'s concatenation, which copies the entire cache of every
+    layer at every step (with a batch of long prompts that copy, not the model, dominated decoding)."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, length: int) -> None:
+        super().__init__()
+        self.dtype, self.device = keys.dtype, keys.device
+        self._key_buffer, self._value_buffer, self._length = keys, values, length
+        self.is_initialized = True
+        self._expose()
+
+    def _expose(self) -> None:
+        self.keys = self._key_buffer[:, :, : self._length]
+        self.values = self._value_buffer[:, :, : self._length]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        end = self._length + key_states.shape[-2]
+        if end > self._key_buffer.shape[-2]:  # more tokens than planned: grow (never expected)
+            grow = end - self._key_buffer.shape[-2]
+            pad = lambda buffer: torch.cat([buffer, buffer.new_zeros((*buffer.shape[:2], grow, buffer.shape[-1]))], dim=-2)
+            self._key_buffer, self._value_buffer = pad(self._key_buffer), pad(self._value_buffer)
+        self._key_buffer[:, :, self._length : end] = key_states
+        self._value_buffer[:, :, self._length : end] = value_states
+        self._length = end
+        self._expose()
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._key_buffer = self._key_buffer[indices]
+        self._value_buffer = self._value_buffer[indices]
+        self._expose()
 
 
 class ChatGenerator:
@@ -255,17 +275,19 @@ class ChatGenerator:
         width = max(lengths)
         n_layers = len(row_prefix[0][1].keys)
         layer_kv = []
+        capacity = width + decoding.max_new_tokens
         for layer in range(n_layers):
             keys = [prefix.keys[layer] for _, prefix in row_prefix]
             values = [prefix.values[layer] for _, prefix in row_prefix]
             heads, _, dim = keys[0].shape
-            padded_k = keys[0].new_zeros((len(prompts), heads, width, dim))
-            padded_v = values[0].new_zeros((len(prompts), heads, width, dim))
+            padded_k = keys[0].new_zeros((len(prompts), heads, capacity, dim))
+            padded_v = values[0].new_zeros((len(prompts), heads, capacity, dim))
             for row, (k, v) in enumerate(zip(keys, values)):
-                padded_k[row, :, width - k.shape[1] :] = k
-                padded_v[row, :, width - v.shape[1] :] = v
+                padded_k[row, :, width - k.shape[1] : width] = k
+                padded_v[row, :, width - v.shape[1] : width] = v
             layer_kv.append((padded_k, padded_v))
-        cache = DynamicCache(ddp_cache_data=layer_kv)
+        cache = DynamicCache(ddp_cache_data=[(k[:, :, :1], v[:, :, :1]) for k, v in layer_kv])
+        cache.layers = [PreallocatedLayer(k, v, width) for k, v in layer_kv]
         attention_mask = torch.zeros((len(prompts), width), dtype=torch.long, device=self.device)
         for row, length in enumerate(lengths):
             attention_mask[row, width - length :] = 1

@@ -125,6 +125,21 @@ ARTIFACTS: dict[str, Artifact] = {
     for artifact in (SESSIONS, MESSAGES, USERS, QUARANTINE, PII_FINDINGS, CONTEXTS, SPLITS, SFT_SAMPLES, SIMULATIONS)
 }
 
+TERMINATION_PREDICTIONS = Artifact(
+    "termination_predictions", schemas.TerminationPredictionsSchema, ("simulator_id", "session_id", "turn_index")
+)
+ARTIFACTS[TERMINATION_PREDICTIONS.name] = TERMINATION_PREDICTIONS
+
+PAIR_CANDIDATES = Artifact("pair_candidates", schemas.PairCandidatesSchema, ("session_id", "turn_index", "candidate_index"))
+PREFERENCE_PAIRS = Artifact("preference_pairs", schemas.PreferencePairsSchema, ("session_id", "turn_index"))
+ARTIFACTS[PAIR_CANDIDATES.name] = PAIR_CANDIDATES
+ARTIFACTS[PREFERENCE_PAIRS.name] = PREFERENCE_PAIRS
+
+ISSUES = Artifact("issues", schemas.IssuesSchema, ("item_id", "turn_index", "group", "category", "evidence", "judge"))
+USER_ACTIONS = Artifact("user_actions", schemas.UserActionsSchema, ("item_id", "turn_index", "group", "action", "judge"))
+ARTIFACTS[ISSUES.name] = ISSUES
+ARTIFACTS[USER_ACTIONS.name] = USER_ACTIONS
+
 
 def artifact_of(path: str | Path) -> Artifact:
     """The artifact kind of a Parquet file, from the schema name its writer stored."""

@@ -236,6 +236,40 @@ class SimulateParams(Section):
     seed: int = 0
 
 
+View = Literal["full", "user_only"]
+
+
+class DiscriminatorParams(Section):
+    """Discriminator training (METHOD.md §4). Identical for every simulator: same numbers of
+    sessions, hyperparameters and seed. CPU-sized defaults; the paper: n_train 800, n_valid 200
+    (1,600 train / 400 validation sessions) on Llama-3.1-8B. With fewer usable pairs, both shrink
+    proportionally (logged and counted in the report)."""
+
+    view: View = "user_only"
+    n_layers: int = Field(default=0, ge=0)  # first n decoder layers of the backbone only; 0 = all
+    n_train: int = Field(default=64, gt=0)  # training pairs = sessions per class
+    n_valid: int = Field(default=16, ge=0)  # validation pairs = sessions per class
+    max_tokens: int = Field(default=2048, ge=16)  # per session, context included (tail messages dropped)
+    max_user_turns: int = Field(default=0, ge=0)  # cut both classes after this many user messages; 0 = off
+    train_context_end: bool = True  # also train p_0 (context end) on the session label → calibrated prior
+    epochs: int = Field(default=1, gt=0)
+    batch_size: int = Field(default=1, gt=0)  # sessions per optimizer step
+    learning_rate: float = Field(default=1e-4, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    lora: LoraParams = Field(default_factory=LoraParams)
+    precision: Precision = "auto"
+    score_batch_size: int = Field(default=4, gt=0)  # sessions per scoring forward pass
+    seed: int = 0
+
+
+class DialParams(Section):
+    """The DIAL loop (algorithm 1): how many iterations of simulate → discriminate → pairs → DPO.
+    dvc.yaml lists one stage per iteration: after changing this, run `dial pipeline`."""
+
+    iterations: int = Field(default=3, ge=1)
+
+
 class Params(Section):
     seed: int = 0
     base_model: BaseModelParams = Field(default_factory=BaseModelParams)
@@ -247,6 +281,8 @@ class Params(Section):
     sft: SftParams = Field(default_factory=SftParams)
     simulate: SimulateParams = Field(default_factory=SimulateParams)
     chatbots: list[ChatbotParams] = Field(default_factory=_default_chatbots)
+    dial: DialParams = Field(default_factory=DialParams)
+    discriminator: DiscriminatorParams = Field(default_factory=DiscriminatorParams)
 
     @model_validator(mode="after")
     def _chatbot_names_unique(self) -> "Params":

@@ -60,3 +60,46 @@ def simulate_report(simulator_id: str) -> Path:
 
 def simulate_resume_file(simulator_id: str) -> Path:
     return RESUME_DIR / f"simulate-{simulator_id}.json"
+
+
+# The DIAL loop. Iteration k (it1, it2, ...) starts from simulator k-1 (sft for it1): its sessions
+# train discriminator k-1, whose rewards pick the preference pairs that DPO turns into simulator k.
+DISCRIMINATOR_DIR = MODELS / "discriminator"
+PAIRS_DIR = DATA / "pairs"
+
+
+def discriminator_dir(simulator_id: str) -> Path:
+    return DISCRIMINATOR_DIR / simulator_id
+
+
+def discriminator_report(simulator_id: str) -> Path:
+    return REPORTS / "discriminator" / f"{simulator_id}.json"
+
+
+def discriminator_scores_file(simulator_id: str) -> Path:
+    """Validation scores of the discriminator trained on `simulator_id` (per user turn)."""
+    return REPORTS / "discriminator" / simulator_id / "valid_scores.csv"
+
+
+def pairs_dir(iteration: str) -> Path:
+    return PAIRS_DIR / iteration
+
+
+def pairs_report(iteration: str) -> Path:
+    return REPORTS / "pairs" / f"{iteration}.json"
+
+
+def dpo_report(iteration: str) -> Path:
+    return REPORTS / "dpo" / f"{iteration}.json"
+
+
+def dpo_loss_file(iteration: str) -> Path:
+    return REPORTS / "dpo" / iteration / "loss.csv"
+
+
+def dpo_checkpoints(iteration: str) -> Path:
+    return Path(".dial") / "checkpoints" / f"dpo-{iteration}"
+
+
+def discriminator_loss_file(simulator_id: str) -> Path:
+    return REPORTS / "discriminator" / simulator_id / "loss.csv"

@@ -212,3 +212,128 @@ class SimulationsSchema(_Strict):
     user_tokens_generated: Series[int] = pa.Field(ge=0)
     guardrail_retries: Series[int] = pa.Field(ge=0)
     guardrail_flagged: Series[int] = pa.Field(ge=0)  # messages kept although a guardrail failed
+
+
+TERMINATION_STATUSES = ("generated", "over_max_positions")
+
+
+class TerminationPredictionsSchema(_Strict):
+    """Dialogue-termination probe of one simulator (dial.evaluation.realism): at every position
+    after a chatbot turn of held-out real sessions, did the simulator emit the end marker, and did
+    the real user end there."""
+
+    simulator_id: Series[str]
+    session_id: Series[str]
+    turn_index: Series[int] = pa.Field(ge=0)  # the chatbot message after which the user speaks
+    is_end: Series[bool]  # the real user wrote nothing after it
+    predicted_end: Series[bool]  # the simulator's output started with the end marker
+    status: Series[str] = pa.Field(isin=list(TERMINATION_STATUSES))
+    generated: Series[str]  # the simulator's (short) output, "" when not generated
+
+    @pa.dataframe_check
+    def _one_row_per_position(cls, df: pd.DataFrame) -> pd.Series:
+        return ~df.duplicated(["simulator_id", "session_id", "turn_index"], keep=False)
+
+
+CANDIDATE_STATUSES = (
+    "scored", "duplicate", "empty", "end_of_conversation", "over_discriminator_budget", "prompt_over_max_tokens",
+    "prompt_over_simulator_window",
+)
+CRITICAL_KINDS = ("highest", "lowest")
+
+
+class PairCandidatesSchema(_Strict):
+    """Every alternative user message sampled at a critical point (dial.pairs): its status and, when
+    scored by the discriminator in the session's exact history, its logits and reward. Unscored
+    candidates have NaN logits; `duplicate` ones carry the values of their first copy."""
+
+    session_id: Series[str]
+    turn_index: Series[int] = pa.Field(ge=0)  # the critical user message's turn in the simulated session
+    user_turn_number: Series[int] = pa.Field(ge=1)
+    kind: Series[str] = pa.Field(isin=list(CRITICAL_KINDS))
+    candidate_index: Series[int] = pa.Field(ge=0)
+    text: Series[str]  # "" when empty or not sampled
+    status: Series[str] = pa.Field(isin=list(CANDIDATE_STATUSES))
+    logit: Series[float] = pa.Field(nullable=True)  # at the alternative's end
+    logit_prev: Series[float] = pa.Field(nullable=True)  # at the previous user message's end (or context end)
+    reward: Series[float] = pa.Field(nullable=True)  # logit − logit_prev
+    seed: Series[int] = pa.Field(ge=0)
+    n_tokens: Series[int] = pa.Field(ge=0)  # tokens generated (end of turn included); 0 when not sampled
+
+    @pa.dataframe_check
+    def _one_row_per_candidate(cls, df: pd.DataFrame) -> pd.Series:
+        return ~df.duplicated(["session_id", "turn_index", "candidate_index"], keep=False)
+
+    @pa.dataframe_check
+    def _scored_have_rewards(cls, df: pd.DataFrame) -> pd.Series:
+        return (df["status"] != "scored") | (df["logit"].notna() & df["logit_prev"].notna() & df["reward"].notna())
+
+
+class PreferencePairsSchema(_Strict):
+    """DPO preference pairs (dial.pairs), one per kept critical point, after the paper's filter
+    (chosen reward > 0, rejected reward < 0) and the token cap. `prompt` is a JSON list of chat
+    messages {"role", "content"} as `simulator_messages` returns them (system context + flipped
+    history); token counts use the simulator's chat template (prompt with generation prompt)."""
+
+    pair_id: Series[str] = pa.Field(unique=True)  # "<session_id>:<turn_index>"
+    session_id: Series[str]
+    turn_index: Series[int] = pa.Field(ge=0)
+    kind: Series[str] = pa.Field(isin=list(CRITICAL_KINDS))
+    prompt: Series[str]
+    chosen: Series[str]
+    rejected: Series[str]
+    chosen_reward: Series[float] = pa.Field(gt=0)
+    rejected_reward: Series[float] = pa.Field(lt=0)
+    prompt_tokens: Series[int] = pa.Field(ge=1)
+    chosen_tokens: Series[int] = pa.Field(ge=1)
+    rejected_tokens: Series[int] = pa.Field(ge=1)
+
+    @pa.check("prompt")
+    def _prompt_is_json_list(cls, series: pd.Series) -> pd.Series:
+        return series.map(_is_json_list)
+
+    @pa.check("chosen", "rejected")
+    def _completions_not_blank(cls, series: pd.Series) -> pd.Series:
+        return _non_blank(series)
+
+    @pa.dataframe_check
+    def _chosen_differs_from_rejected(cls, df: pd.DataFrame) -> pd.Series:
+        return df["chosen"] != df["rejected"]
+
+    @pa.dataframe_check
+    def _pair_id_names_the_point(cls, df: pd.DataFrame) -> pd.Series:
+        return df["pair_id"] == df["session_id"] + ":" + df["turn_index"].astype(str)
+
+
+class IssuesSchema(_Strict):
+    """Judge annotations (dial.evaluation.judges): one row per issue, on the CHATBOT message it is
+    about. `item_id` is the opaque id the judge saw (a salted hash of the session id)."""
+
+    item_id: Series[str]
+    turn_index: Series[int] = pa.Field(ge=0)  # of the chatbot message
+    group: Series[str]  # taxonomy issue group (User Distress, ..., App Bugs)
+    category: Series[str]
+    evidence: Series[str]  # quote or reason ("" if an LLM judge gave none)
+    judge: Series[str]  # "rules" or "openai:<model>"
+
+    @pa.check("item_id", "group", "category", "judge")
+    def _names_not_blank(cls, series: pd.Series) -> pd.Series:
+        return _non_blank(series)
+
+
+class UserActionsSchema(_Strict):
+    """Judge annotations: one row per (USER message, action) label; a message can have several."""
+
+    item_id: Series[str]
+    turn_index: Series[int] = pa.Field(ge=0)  # of the user message
+    group: Series[str]  # taxonomy action group (Good, Bad, User features, ...)
+    action: Series[str]
+    judge: Series[str]
+
+    @pa.check("item_id", "group", "action", "judge")
+    def _names_not_blank(cls, series: pd.Series) -> pd.Series:
+        return _non_blank(series)
+
+    @pa.dataframe_check
+    def _one_row_per_label(cls, df: pd.DataFrame) -> pd.Series:
+        return ~df.duplicated(["item_id", "turn_index", "action", "judge"], keep=False)

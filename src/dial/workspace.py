@@ -49,6 +49,8 @@ def copy_project(repo: Path, dest: Path, params_override: dict | None = None) ->
         params_path = dest / "params.yaml"
         params = yaml.safe_load(params_path.read_text(encoding="utf-8"))
         params_path.write_text(yaml.safe_dump(deep_update(params, params_override), sort_keys=False), encoding="utf-8")
+        # dvc.yaml's per-iteration stages follow dial.iterations (see dial.pipeline).
+        run([sys.executable, "-m", "dial.cli", "pipeline"], dest)
     run(["git", "init", "-q"], dest)
     run(["git", "add", "-A"], dest)
     run(["git", "-c", "user.name=dial", "-c", "user.email=dial@localhost", "commit", "-qm", "scratch copy"], dest)

@@ -1,0 +1,162 @@
+"""What every judge takes and returns, the params, and blind item ids.
+
+A judge reads whole sessions (`JudgeInput`: an opaque id and the messages) and returns two tables:
+
+* `issues`: one row per issue, on the CHATBOT message it is about (`turn_index`), with the taxonomy
+  group and category, a short evidence string and the judge's name;
+* `user_actions`: one row per (USER message, action) label; a message can carry several actions.
+
+Blindness: a judge must never learn which simulator (or whether a real user) produced a session, or
+it could judge simulators differently. Callers therefore pass `opaque_id(session_id, salt)` as the
+item id (a salted hash: session ids such as `sim-sft-...` name the simulator) and only the messages'
+turn index, role and text; `judge_inputs` does both and orders items by opaque id, which mixes
+simulators in the order a judge sees them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import pandas as pd
+from pydantic import Field, model_validator
+
+from dial.errors import DialError
+from dial.params import OpenAIEndpointParams, Section
+from dial.schemas import ROLES
+
+ISSUE_COLUMNS = ["item_id", "turn_index", "group", "category", "evidence", "judge"]
+ACTION_COLUMNS = ["item_id", "turn_index", "group", "action", "judge"]
+OPAQUE_ID_CHARS = 16  # hex digits of sha256: 64 bits, collisions are checked anyway
+
+
+# --------------------------------------------------------------------------------------------
+# Params (the lead moves these into dial.params)
+
+
+class JudgeEndpointParams(OpenAIEndpointParams):
+    """The LLM judge's OpenAI-compatible endpoint (same fields as the other endpoints, plus concurrency)."""
+
+    model: str = ""
+    max_tokens: int = Field(default=2048, gt=0)  # one JSON annotation of a whole session
+    max_concurrency: int = Field(default=4, gt=0)  # sessions judged in parallel
+    seed: int | None = 0  # sent to endpoints that honour it (vLLM, llama.cpp, OpenAI); None = not sent
+
+
+class JudgeParams(Section):
+    """Which judge annotates issues and user actions (docs/judges.md)."""
+
+    # rules: offline, deterministic text rules; openai: an LLM behind any OpenAI-compatible endpoint.
+    backend: Literal["rules", "openai"] = "rules"
+    taxonomy: str = "taxonomy.yaml"  # issue categories and user actions (repo-relative path)
+    openai: JudgeEndpointParams = Field(default_factory=JudgeEndpointParams)
+    # LLM replies that are not valid JSON for the taxonomy/session are re-asked (with the problem
+    # named) this many times before the stage stops with an error naming the item.
+    max_invalid_replies: int = Field(default=2, ge=0)
+    cache_dir: str = ".dial/judge-cache"  # LLM annotations by content hash: a re-run costs nothing
+    id_salt: str = "dial-judge-v1"  # salt of the opaque item ids (opaque_id)
+
+    @model_validator(mode="after")
+    def _openai_needs_model(self) -> "JudgeParams":
+        if self.backend == "openai" and not self.openai.model:
+            raise ValueError("judge.openai.model is required when judge.backend is 'openai'")
+        return self
+
+
+# --------------------------------------------------------------------------------------------
+# Items
+
+
+@dataclass(frozen=True)
+class JudgeInput:
+    """One session as a judge sees it: an opaque id and (turn_index, role, text) messages in order.
+    Roles are the data model's: `user` (the simulated or real user) and `assistant` (the chatbot)."""
+
+    item_id: str
+    messages: tuple[tuple[int, str, str], ...]
+
+    def __init__(self, item_id: str, messages: Sequence[tuple[int, str, str]]) -> None:
+        object.__setattr__(self, "item_id", item_id)
+        object.__setattr__(self, "messages", tuple((int(t), str(r), str(x)) for t, r, x in messages))
+        if not isinstance(item_id, str) or not item_id.strip():
+            raise DialError(f"judge input: item_id must be a non-empty string (got {item_id!r})")
+        previous = -1
+        for turn_index, role, _ in self.messages:
+            if role not in ROLES:
+                raise DialError(f"judge input {item_id!r}: turn {turn_index}: unknown role {role!r} (expected {' or '.join(ROLES)})")
+            if turn_index <= previous:
+                raise DialError(f"judge input {item_id!r}: turn indexes must increase (turn {turn_index} after {previous})")
+            previous = turn_index
+
+    def turns(self, role: str) -> set[int]:
+        return {t for t, r, _ in self.messages if r == role}
+
+
+def opaque_id(session_id: str, salt: str) -> str:
+    """A salted hash of a session id: stable for the same salt, meaningless to a judge."""
+    return hashlib.sha256(f"{salt}\0{session_id}".encode()).hexdigest()[:OPAQUE_ID_CHARS]
+
+
+def judge_inputs(messages: pd.DataFrame, salt: str) -> tuple[list[JudgeInput], dict[str, str]]:
+    """Judge items from a `messages` table (session_id, turn_index, role, text, ...): one item per
+    session, ordered by opaque id, and the map item_id → session_id to join the judgements back."""
+    missing = [c for c in ("session_id", "turn_index", "role", "text") if c not in messages.columns]
+    if missing:
+        raise DialError(f"judge_inputs: messages lack column(s) {missing}")
+    id_map: dict[str, str] = {}
+    items = []
+    ordered = messages.sort_values(["session_id", "turn_index"], kind="stable")
+    for session_id, group in ordered.groupby("session_id", sort=True):
+        item_id = opaque_id(str(session_id), salt)
+        if item_id in id_map:
+            raise DialError(f"judge_inputs: sessions {id_map[item_id]!r} and {session_id!r} hash to the same id; change judge.id_salt")
+        id_map[item_id] = str(session_id)
+        items.append(JudgeInput(item_id, list(zip(group["turn_index"], group["role"], group["text"]))))
+    items.sort(key=lambda item: item.item_id)
+    return items, id_map
+
+
+# --------------------------------------------------------------------------------------------
+# Judges
+
+
+class Judge(ABC):
+    """Annotates sessions with issues (on chatbot messages) and user actions (on user messages)."""
+
+    name: str  # goes into the `judge` column
+
+    @abstractmethod
+    def annotate(self, items: Sequence[JudgeInput], progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """(issues, user_actions) DataFrames with ISSUE_COLUMNS / ACTION_COLUMNS, sorted."""
+
+    def close(self) -> None:
+        """Release resources (thread pools); judges are also context managers."""
+
+    def __enter__(self) -> "Judge":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def check_unique_ids(items: Sequence[JudgeInput]) -> None:
+    seen: set[str] = set()
+    for item in items:
+        if item.item_id in seen:
+            raise DialError(f"judge input: duplicate item_id {item.item_id!r}")
+        seen.add(item.item_id)
+
+
+def issue_frame(rows: list[dict]) -> pd.DataFrame:
+    """Rows → the issues table, deduplicated and sorted (deterministic for the same judgements)."""
+    frame = pd.DataFrame(rows, columns=ISSUE_COLUMNS).astype({"turn_index": "int64"})
+    frame = frame.drop_duplicates().sort_values(["item_id", "turn_index", "group", "category", "evidence"], kind="stable")
+    return frame.reset_index(drop=True)
+
+
+def action_frame(rows: list[dict]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=ACTION_COLUMNS).astype({"turn_index": "int64"})
+    frame = frame.drop_duplicates().sort_values(["item_id", "turn_index", "group", "action"], kind="stable")
+    return frame.reset_index(drop=True)

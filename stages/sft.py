@@ -1,0 +1,27 @@
+"""DVC stage `sft`: LoRA SFT of the user simulator on the flipped-dialogue samples."""
+
+from pathlib import Path
+
+from dial import paths
+from dial.params import load_params
+from dial.stage import run_stage
+from dial.training.sft import run_sft
+
+
+def main(params_file: Path = Path("params.yaml")) -> None:
+    params = load_params(params_file)
+    run_sft(
+        params.sft,
+        paths.SFT_SAMPLES_FILE,
+        paths.BASE_MODEL_DIR,
+        paths.SFT_MODEL_DIR,
+        paths.SFT_REPORT,
+        paths.SFT_LOSS,
+        # Outside every DVC output (DVC deletes outputs before re-running a stage), so an
+        # interrupted run resumes from it.
+        paths.SFT_CHECKPOINTS,
+    )
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,244 @@
+"""The evaluation end to end on small synthetic frames: `evaluate` gathers the right numbers, and
+`write_reports` writes every file, deterministically (metrics.json and PNG bytes identical across
+two runs), with "—" wherever an input is missing."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pandas as pd
+import pytest
+
+from dial import io
+from dial.errors import DialError
+from dial.evaluation import report
+from dial.evaluation.evaluate import AbPair, EvaluateParams, evaluate, termination_decoding, write_reports
+from dial.params import DecodingParams
+
+WORDS = "i feel sad today my job is hard and the boss never listens so tired of it all maybe tomorrow better".split()
+CHATBOTS = ("supportive", "terse", "replay")
+
+
+def _text(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n))
+
+
+def _session(session_id, user_id, index, source, chatbot_id):
+    return {"session_id": session_id, "user_id": user_id, "source": source, "session_index": index,
+            "started_at": None, "chatbot_id": chatbot_id, "topic": None, "metadata": "{}"}
+
+
+def _messages(rng, session_id, n_user, end_with_chatbot=True):
+    rows = []
+    for i in range(n_user):
+        rows.append((session_id, "user", _text(rng, rng.randint(3, 9))))
+        if i < n_user - 1 or end_with_chatbot:
+            rows.append((session_id, "assistant", _text(rng, rng.randint(3, 9))))
+    return rows
+
+
+def _frame(rows):
+    frame = pd.DataFrame(rows, columns=["session_id", "role", "text"])
+    frame["turn_index"] = frame.groupby("session_id").cumcount()
+    frame["timestamp"] = None
+    frame["metadata"] = "{}"
+    return frame
+
+
+def synthetic(seed: int = 0, simulators=("zero-shot", "sft", "it1")):
+    """Real sessions (talking to three chatbots), simulated sessions per simulator and chatbot, the
+    judges' output and discriminator reports."""
+    rng = random.Random(seed)
+    real_ids = [f"r{i}" for i in range(6)]
+    real_sessions = pd.DataFrame([_session(sid, f"u{i}", 0, "chitchat", CHATBOTS[i % 3]) for i, sid in enumerate(real_ids)])
+    real_messages = _frame([row for sid in real_ids for row in _messages(rng, sid, rng.randint(2, 5))])
+    contexts = pd.DataFrame({
+        "session_id": real_ids,
+        "current_summary": [f"the user talks about {_text(rng, 4)}" for _ in real_ids],
+        "context_text": [f"context of {sid}" for sid in real_ids],
+    })
+    simulated = {}
+    for name in simulators:
+        sessions, rows, simulations = [], [], []
+        for real_id in real_ids:
+            for chatbot in CHATBOTS:
+                sid = f"sim:{name}:{chatbot}:{real_id}:0"
+                sessions.append(_session(sid, f"sim:{name}:{real_id}", CHATBOTS.index(chatbot), f"simulated:{name}", chatbot))
+                rows += _messages(rng, sid, rng.randint(1, 4))
+                simulations.append({"session_id": sid, "real_session_id": real_id, "chatbot_id": chatbot})
+        simulated[name] = (pd.DataFrame(sessions), _frame(rows), pd.DataFrame(simulations))
+
+    # Judges: every session judged; issues more frequent with "terse".
+    item_sessions, issues, actions = {}, [], []
+    all_messages = pd.concat([real_messages] + [m for _, m, _ in simulated.values()])
+    chatbot_of = dict(zip(real_sessions["session_id"], real_sessions["chatbot_id"]))
+    for s, _, _ in simulated.values():
+        chatbot_of.update(zip(s["session_id"], s["chatbot_id"]))
+    for number, (sid, group) in enumerate(all_messages.groupby("session_id", sort=True)):
+        item = f"item{number:03d}"
+        item_sessions[item] = sid
+        for turn, role in zip(group["turn_index"], group["role"]):
+            if role == "assistant" and rng.random() < (0.5 if chatbot_of[sid] == "terse" else 0.2):
+                issues.append((item, turn, "User Frustration", rng.choice(["ignores user", "too short", "repeats"]), "q", "test"))
+            if role == "user" and rng.random() < 0.4:
+                actions.append((item, turn, rng.choice(["Good", "Bad"]), "", "test"))
+    issues = pd.DataFrame(issues, columns=["item_id", "turn_index", "group", "category", "evidence", "judge"])
+    actions = pd.DataFrame(actions, columns=["item_id", "turn_index", "group", "action", "judge"])
+    actions["action"] = actions["group"].map({"Good": "agrees", "Bad": "disagrees"})
+    reports = {
+        name: {"simulator": name, "metrics": {
+            "overall": {"accuracy": 0.9 - 0.1 * k, "f1": 0.8, "mcc": 0.6, "n": 40},
+            "turn_1": {"accuracy": 0.6, "f1": 0.5, "mcc": 0.2, "n": 10},
+            "turn_25": {"accuracy": None, "f1": None, "mcc": None, "n": 0},
+        }}
+        for k, name in enumerate(simulators)
+    }
+    return dict(real_sessions=real_sessions, real_messages=real_messages, simulated=simulated, contexts=contexts,
+                issues=issues, user_actions=actions, item_sessions=item_sessions, discriminator_reports=reports)
+
+
+def test_synthetic_frames_are_canonical():
+    data = synthetic()
+    io.SESSIONS.validate(data["real_sessions"])
+    io.MESSAGES.validate(data["real_messages"])
+    for sessions, messages, _ in data["simulated"].values():
+        io.SESSIONS.validate(sessions)
+        io.MESSAGES.validate(messages)
+
+
+def test_evaluate_counts_issues_per_chatbot_message_and_correlates_across_chatbots():
+    data = synthetic()
+    metrics = evaluate(**data)
+    assert metrics["order"] == ["real", "zero-shot", "sft", "it1"]
+    real = metrics["groups"]["real"]
+    # Denominator = chatbot messages of the judged real sessions; numerator = flagged messages.
+    assert real["issues"]["n"] == (data["real_messages"]["role"] == "assistant").sum()
+    item_of = {v: k for k, v in data["item_sessions"].items()}
+    real_items = {item_of[s] for s in data["real_sessions"]["session_id"]}
+    flagged = data["issues"][data["issues"]["item_id"].isin(real_items)].drop_duplicates(["item_id", "turn_index"])
+    assert real["issues"]["k"] == len(flagged)
+    assert real["issues"]["rate"] == pytest.approx(len(flagged) / real["issues"]["n"])
+    assert real["discriminator"] is None and real["issues"]["kl_from_real"] is None
+    sft = metrics["groups"]["sft"]
+    assert sft["discriminator"]["overall"]["accuracy"] == pytest.approx(0.8)
+    assert sft["issues"]["kl_from_real"] >= 0.0
+    assert sft["predictive_validity"]["applicable"] is True
+    assert sft["predictive_validity"]["n_configurations"] == 3
+    ab = sft["ab"]["supportive_vs_terse"]
+    assert ab["simulation"]["applicable"] and ab["real"]["applicable"]
+    assert ab["directions_agree"] == ((ab["simulation"]["difference"] > 0) == (ab["real"]["difference"] > 0))
+    assert set(sft["actions"]["bce"]["groups"]) == {"Good", "Bad"}
+    assert metrics["judge"]["n_judged_sessions_outside_groups"] == 0
+
+
+def test_predictive_validity_and_real_ab_need_real_chatbot_ids():
+    data = synthetic()
+    data["real_sessions"] = data["real_sessions"].assign(chatbot_id=None)
+    metrics = evaluate(**data)
+    validity = metrics["groups"]["sft"]["predictive_validity"]
+    assert validity["applicable"] is False and ">= 3" in validity["why"]
+    ab = metrics["groups"]["sft"]["ab"]["supportive_vs_terse"]
+    assert ab["simulation"]["applicable"] and not ab["real"]["applicable"] and ab["directions_agree"] is None
+
+
+def test_findings_on_the_wrong_role_are_counted_not_used():
+    data = synthetic()
+    issues = data["issues"]
+    first_real_item = min(k for k, v in data["item_sessions"].items() if v == "r0")
+    extra = pd.DataFrame([(first_real_item, 0, "User Distress", "on a user message", "q", "test")], columns=issues.columns)
+    data["issues"] = pd.concat([issues, extra], ignore_index=True)
+    before = evaluate(**synthetic())["groups"]["real"]["issues"]
+    after = evaluate(**data)["groups"]["real"]["issues"]
+    assert after["n_not_on_chatbot_message"] == before["n_not_on_chatbot_message"] + 1
+    assert after["k"] == before["k"] and "on a user message" not in after["categories"]
+
+
+def test_bad_judge_input_is_an_error_naming_it():
+    data = synthetic()
+    data["issues"] = data["issues"].assign(item_id="nope")
+    with pytest.raises(DialError, match="nope"):
+        evaluate(**data)
+    data = synthetic()
+    data["issues"].loc[0, "judge"] = "other"
+    with pytest.raises(DialError, match="mixes judges"):
+        evaluate(**data)
+
+
+def test_write_reports_is_complete_flat_and_deterministic(tmp_path):
+    data = synthetic()
+    params = EvaluateParams(ab_pairs=[AbPair(control="supportive", treatment="terse"), AbPair(control="terse", treatment="gone")])
+    loss = tmp_path / "loss.csv"
+    loss.write_text("step,loss\n5,3.0\n10,2.5\n15,2.2\n", encoding="utf-8")
+    runs = []
+    for run in ("a", "b"):
+        out = tmp_path / run
+        written = write_reports(evaluate(**data, params=params), out, loss_files={"sft": loss})
+        assert all(path.exists() for path in written)
+        runs.append({path.relative_to(out).as_posix(): path.read_bytes() for path in written})
+    assert runs[0] == runs[1]  # every byte, PNGs included
+    names = set(runs[0])
+    assert {"metrics.json", "report.md", "plots/discriminator.csv", "plots/lexical.csv", "plots/issue_rates.csv",
+            "plots/issue_category_deltas.csv", "plots/user_actions.csv"} <= names
+    assert {f"figures/{n}.png" for n in ("lexical", "discriminator", "issue_rates", "issue_category_deltas",
+                                         "user_actions", "losses")} <= names
+    assert all(runs[0][n].startswith(b"\x89PNG") for n in names if n.endswith(".png"))
+    assert b"matplotlib" not in runs[0]["figures/lexical.png"]  # no version stamp in the PNG
+
+    flat = json.loads(runs[0]["metrics.json"])
+    assert all(not isinstance(v, (dict, list, str)) for v in flat.values())
+    assert list(flat) == sorted(flat)
+    assert flat["sft.discriminator.overall.accuracy"] == 0.8
+    assert "real.lexical.word_entropy_mean" in flat and "it1.issues.rate" in flat
+    assert "sft.discriminator.turn_25.accuracy" not in flat  # None is not a metric
+
+    markdown = runs[0]["report.md"].decode()
+    for heading in ("Did DIAL make", "table 1", "table 2", "table 3", "table 4", "table 5", "termination"):
+        assert heading in markdown
+    assert "| real |" in markdown and "| it1 |" in markdown
+    assert "—" in markdown  # real has no discriminator, turn 25 has no data, no termination run
+    assert "no judged simulated chatbot messages for gone" in markdown
+    assert "figures/issue_rates.png" in markdown
+    discriminator_csv = runs[0]["plots/discriminator.csv"].decode().splitlines()
+    assert discriminator_csv[0].startswith("simulator,step,accuracy_turn_1")
+    assert discriminator_csv[1].startswith("zero-shot,0,0.600000")
+
+
+def test_report_without_judges_or_discriminators_shows_dashes(tmp_path):
+    data = synthetic(simulators=("sft",))
+    metrics = evaluate(data["real_sessions"], data["real_messages"], data["simulated"], data["contexts"])
+    written = write_reports(metrics, tmp_path)
+    names = {p.relative_to(tmp_path).as_posix() for p in written}
+    assert "figures/lexical.png" in names and "figures/issue_rates.png" not in names
+    markdown = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "Only the baseline simulator (sft)" in markdown
+    assert "issue_rates.png" not in markdown
+    flat = json.loads((tmp_path / "metrics.json").read_text(encoding="utf-8"))
+    assert not any(key.startswith("sft.issues") for key in flat)
+    assert "sft.lexical.type_token_ratio_mean" in flat
+
+
+def test_params_defaults_and_termination_decoding():
+    params = EvaluateParams()
+    assert params.ab_pairs == [AbPair(control="supportive", treatment="terse")] and params.kl_smoothing == 0.5
+    simulate = DecodingParams(temperature=0.8, top_p=0.95, max_new_tokens=40)
+    decoding = termination_decoding(simulate, params.termination)
+    assert (decoding.temperature, decoding.top_p, decoding.max_new_tokens) == (0.8, 0.95, 12)
+    with pytest.raises(ValueError):
+        EvaluateParams(kl_smoothing=-1)
+
+
+def test_flat_metrics_rounds_and_skips_non_numbers():
+    metrics = {"order": ["real"], "groups": {"real": {"a": 1 / 3, "b": None, "c": "why", "d": {"e": True, "f": 2}, "g": -1e-12}},
+               "judge": {"n_items": 3}, "settings": {"decimals": 4}}
+    assert report.flat_metrics(metrics) == {"judge.n_items": 3, "real.a": 0.3333, "real.d.e": True, "real.d.f": 2, "real.g": 0.0}
+
+
+def test_verdict_compares_later_simulators_with_sft():
+    data = synthetic()
+    metrics = evaluate(**data)
+    sentence, header, rows = report.verdict(metrics)
+    assert header == ["metric", "sft", "it1"]
+    assert sentence.startswith("it1 is closer to real than sft on")
+    accuracy_row = rows[0]
+    assert accuracy_row[1] == "0.300" and accuracy_row[2] == "0.200 ✓"  # |0.8 − 0.5| → |0.7 − 0.5|

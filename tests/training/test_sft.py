@@ -1,0 +1,299 @@
+"""SFT stage on the tiny offline model: completion-only loss, outputs, determinism, resume, sample
+selection, precision resolution."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+from dial import io
+from dial.params import SftParams
+from dial.sft_samples import ChatRenderer
+from dial.training import common
+from dial.training.common import resolve_precision
+from dial.training.sft import MANIFEST, build_sft_trainer, run_sft, select_train_samples
+
+WORDS = "hey so I feel tired today and my job is a lot lately maybe a walk would help thanks bye".split()
+CAP = 120  # tokens: the long samples below are over it
+
+
+def synthetic_samples(tokenizer, n_train: int = 10, n_long: int = 2, n_valid: int = 2) -> pd.DataFrame:
+    """SftSamplesSchema rows: short train samples, `n_long` train samples over CAP, a few valid ones."""
+    specs = [("train", 1)] * n_train + [("train", 12)] * n_long + [("valid", 1)] * n_valid
+    prompts, completions = [], []
+    for i, (_, repeat) in enumerate(specs):
+        chatbot_line = " ".join(WORDS[(i + k) % len(WORDS)] for k in range(6))
+        prompts.append(
+            [
+                {"role": "system", "content": f"profile {i}: " + " ".join(WORDS[:8]) * repeat},
+                {"role": "assistant", "content": "hi there"},
+                {"role": "user", "content": chatbot_line},
+            ]
+        )
+        completions.append(" ".join(WORDS[(2 * i + k) % len(WORDS)] for k in range(3 + i % 4)))
+    counts = ChatRenderer(tokenizer).count_samples(prompts, completions)
+    rows = []
+    for i, ((split, _), prompt, completion, (n_prompt, n_completion)) in enumerate(
+        zip(specs, prompts, completions, counts, strict=True)
+    ):
+        rows.append(
+            {
+                "sample_id": f"s{i:03d}:0001",
+                "session_id": f"s{i:03d}",
+                "user_id": f"u{i:03d}",
+                "split": split,
+                "target_turn_index": 1,
+                "is_end": False,
+                "prompt": json.dumps(prompt),
+                "completion": completion,
+                "n_prompt_tokens": n_prompt,
+                "n_completion_tokens": n_completion,
+                "n_history_messages_dropped": 0,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def tiny_params(**overrides) -> SftParams:
+    values = dict(
+        epochs=1.0,
+        batch_size=2,
+        learning_rate=1e-3,
+        max_sample_tokens=CAP,
+        logging_steps=1,
+        save_steps=2,
+        precision="fp32",
+        seed=0,
+    )
+    values.update(overrides)
+    return SftParams(**values)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny model gains nothing from threads, and a busy machine makes OpenMP threads wait on each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def samples_path(tmp_path_factory, tiny_tokenizer):
+    samples = synthetic_samples(tiny_tokenizer)
+    assert (samples["n_prompt_tokens"] + samples["n_completion_tokens"] > CAP).sum() == 2
+    return io.SFT_SAMPLES.write(samples, tmp_path_factory.mktemp("sft_data") / "samples.parquet")
+
+
+def run(tmp_path, samples_path, tiny_model_dir, name="run", params=None, **kwargs):
+    out = tmp_path / name
+    report = run_sft(
+        params or tiny_params(),
+        samples_path,
+        tiny_model_dir,
+        out / "model",
+        out / "sft.json",
+        out / "sft" / "loss.csv",
+        tmp_path / "checkpoints",
+        progress=kwargs.pop("progress", False),
+        **kwargs,
+    )
+    return out, report
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, samples_path, tiny_model_dir):
+    return run(tmp_path_factory.mktemp("sft_first"), samples_path, tiny_model_dir)
+
+
+def adapter_weights(model_dir) -> dict[str, torch.Tensor]:
+    return load_file(str(model_dir / "adapter_model.safetensors"))
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def test_labels_mask_the_prompt_and_keep_the_completion(tiny_model_dir, tiny_tokenizer, samples_path, tmp_path):
+    train, _ = select_train_samples(io.SFT_SAMPLES.read(samples_path), tiny_params())
+    trainer = build_sft_trainer(tiny_params(), train, tiny_model_dir, tmp_path / "ckpt", "fp32")
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    for row in range(2):
+        sample = train.iloc[row]
+        n_prompt, n_completion = int(sample["n_prompt_tokens"]), int(sample["n_completion_tokens"])
+        labels, input_ids = batch["labels"][row], batch["input_ids"][row]
+        real = batch["attention_mask"][row].bool()
+        assert int(real.sum()) == n_prompt + n_completion  # trl tokenises exactly as the samples stage counted
+        assert (labels[:n_prompt] == -100).all()  # no loss on the context or the dialogue so far
+        assert (labels[n_prompt : n_prompt + n_completion] == input_ids[n_prompt : n_prompt + n_completion]).all()
+        assert (labels[~real] == -100).all()  # nor on padding
+        trained_text = tiny_tokenizer.decode(labels[labels != -100])
+        assert trained_text == sample["completion"] + "<|im_end|>\n"  # the user message and the end of turn
+
+
+def test_labelled_positions_only_head_gives_the_full_loss(tiny_model_dir, samples_path, tmp_path):
+    train, _ = select_train_samples(io.SFT_SAMPLES.read(samples_path), tiny_params())
+    trainer = build_sft_trainer(tiny_params(), train, tiny_model_dir, tmp_path / "ckpt", "fp32")
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(3)])
+    model = trainer.model
+    common.score_labelled_positions_only(model)  # also on a device where build_sft_trainer did not
+    fused = model(**batch, fused_lm_head=True)
+    full = model(**batch)  # transformers' own loss over full logits
+    assert torch.allclose(fused.loss, full.loss, atol=1e-5)
+    fused.loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters() if p.requires_grad)
+
+
+def test_run_writes_adapter_manifest_reports_and_loss_curve(first_run, tiny_model_dir):
+    out, report = first_run
+    model_dir = out / "model"
+    expected = ["adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json", MANIFEST]
+    for name in expected:
+        assert (model_dir / name).is_file(), name
+    assert not any(path.name.startswith("checkpoint-") for path in model_dir.iterdir())
+    manifest = json.loads((model_dir / MANIFEST).read_text())
+    assert manifest["kind"] == "sft" and manifest["base_model"] == tiny_model_dir.as_posix()
+    adapter_config = json.loads((model_dir / "adapter_config.json").read_text())
+    assert adapter_config["r"] == 8 and adapter_config["base_model_name_or_path"] == str(tiny_model_dir)
+    # peft resolves "all-linear" into a set: stored sorted, so the file does not change with the hash seed
+    assert adapter_config["target_modules"] == sorted(adapter_config["target_modules"])
+    assert "is_local" not in json.loads((model_dir / "tokenizer_config.json").read_text())
+    assert json.loads((out / "sft.json").read_text()) == report
+    # 10 short train samples used, the 2 long ones skipped and counted; valid samples never used.
+    assert report["train_samples_available"] == 12
+    assert report["train_samples_over_cap_skipped"] == 2
+    assert report["train_samples_used"] == 10
+    assert report["steps"] == 5  # 10 samples / batch 2
+    assert report["precision"] == "fp32"
+    assert 0 < report["trainable_params"] < report["total_params"]
+    lines = (out / "sft" / "loss.csv").read_text().splitlines()
+    assert lines[0] == "step,loss" and [line.split(",")[0] for line in lines[1:]] == ["1", "2", "3", "4", "5"]
+    assert report["final_train_loss"] == float(lines[-1].split(",")[1])
+    assert list((out.parent / "checkpoints").iterdir()) == []  # published: checkpoints removed
+
+
+def test_same_inputs_give_identical_adapter_and_reports(first_run, samples_path, tiny_model_dir, tmp_path):
+    out, report = first_run
+    again, report_again = run(tmp_path, samples_path, tiny_model_dir)
+    first, second = adapter_weights(out / "model"), adapter_weights(again / "model")
+    assert first.keys() == second.keys() and all(torch.equal(first[key], second[key]) for key in first)
+    assert report_again == report
+    # The whole published folder is byte-identical (DVC caches on it): no timestamps, paths or set order.
+    files = sorted(path.name for path in (out / "model").iterdir())
+    assert files == sorted(path.name for path in (again / "model").iterdir())
+    assert all((out / "model" / name).read_bytes() == (again / "model" / name).read_bytes() for name in files)
+    assert (again / "sft" / "loss.csv").read_bytes() == (out / "sft" / "loss.csv").read_bytes()
+    assert (again / "sft.json").read_bytes() == (out / "sft.json").read_bytes()
+    # A different seed gives a different adapter (the comparison above is not vacuous).
+    other, _ = run(tmp_path, samples_path, tiny_model_dir, name="seed1", params=tiny_params(seed=1))
+    assert not torch.equal(adapter_weights(other / "model")[next(iter(first))], first[next(iter(first))])
+
+
+class Interrupted(Exception):
+    pass
+
+
+class InterruptAt(TrainerCallback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise Interrupted(f"killed at step {self.step}")
+
+
+class RecordStart(TrainerCallback):
+    start_step: int | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start_step = state.global_step
+
+
+def test_interrupted_run_resumes_from_its_checkpoint(first_run, samples_path, tiny_model_dir, tmp_path):
+    with pytest.raises(Interrupted):
+        run(tmp_path, samples_path, tiny_model_dir, callbacks=[InterruptAt(3)])
+    assert not (tmp_path / "run" / "model").exists()  # nothing published
+    (run_dir,) = (tmp_path / "checkpoints").iterdir()
+    assert sorted(path.name for path in run_dir.glob("checkpoint-*")) == ["checkpoint-2"]
+
+    start = RecordStart()
+    out, report = run(tmp_path, samples_path, tiny_model_dir, callbacks=[start], progress=True)
+    assert start.start_step == 2  # resumed, not restarted
+    assert report["steps"] == 5
+    assert (out / "model" / "adapter_model.safetensors").is_file()
+    # Resuming restores weights, optimizer, scheduler, RNG and data order: same adapter as uninterrupted.
+    uninterrupted = adapter_weights(first_run[0] / "model")
+    resumed = adapter_weights(out / "model")
+    assert all(torch.allclose(resumed[key], uninterrupted[key], atol=1e-6) for key in uninterrupted)
+    assert (out / "sft" / "loss.csv").read_text().count("\n") == 6  # header + steps 1..5, history kept
+
+
+def test_changed_params_do_not_resume_a_foreign_checkpoint(samples_path, tiny_model_dir, tmp_path):
+    with pytest.raises(Interrupted):
+        run(tmp_path, samples_path, tiny_model_dir, callbacks=[InterruptAt(3)])
+    start = RecordStart()
+    run(tmp_path, samples_path, tiny_model_dir, params=tiny_params(learning_rate=5e-4), callbacks=[start])
+    assert start.start_step == 0
+    assert list((tmp_path / "checkpoints").iterdir()) == []
+
+
+def test_selection_skips_over_cap_then_draws_a_seeded_subset():
+    n = 40
+    samples = pd.DataFrame(
+        {
+            "sample_id": [f"s{i:03d}" for i in range(n)],
+            "split": ["valid" if i % 10 == 0 else "train" for i in range(n)],
+            "n_prompt_tokens": [500 if i % 4 == 1 else 50 for i in range(n)],
+            "n_completion_tokens": [5] * n,
+        }
+    )
+    train = samples[samples["split"] == "train"]
+    over = int((train["n_prompt_tokens"] > 100).sum())
+
+    params = SftParams(max_sample_tokens=100, max_train_samples=7, seed=0)
+    selected, counts = select_train_samples(samples, params)
+    assert counts["train_samples_available"] == len(train)
+    assert counts["train_samples_over_cap_skipped"] == over
+    assert counts["train_samples_used"] == len(selected) == 7  # the budget is exact
+    assert (selected["n_prompt_tokens"] + selected["n_completion_tokens"] <= 100).all()
+    assert set(selected["split"]) == {"train"}
+    assert list(selected["sample_id"]) == sorted(selected["sample_id"])
+    same, _ = select_train_samples(samples.sample(frac=1, random_state=3), params)
+    assert list(same["sample_id"]) == list(selected["sample_id"])  # seeded, independent of row order
+    other, _ = select_train_samples(samples, params.model_copy(update={"seed": 1}))
+    assert list(other["sample_id"]) != list(selected["sample_id"])
+
+    everything, counts = select_train_samples(samples, SftParams())  # 0 = no cap, all samples
+    assert len(everything) == len(train) and counts["train_samples_over_cap_skipped"] == 0
+
+
+def test_precision_resolution(monkeypatch):
+    cpu = torch.device("cpu")
+    assert resolve_precision("fp32", cpu) == "fp32"
+    assert resolve_precision("bf16", cpu) == "bf16"
+    assert resolve_precision("auto", cpu) == ("bf16" if common.bf16_is_fast(cpu) else "fp32")
+    monkeypatch.setattr(common, "bf16_is_fast", lambda device: True)
+    assert resolve_precision("auto", cpu) == "bf16"
+    monkeypatch.setattr(common, "bf16_is_fast", lambda device: False)
+    assert resolve_precision("auto", cpu) == "fp32"
+    assert resolve_precision("auto") in ("bf16", "fp32")  # on whatever device is present
+
+
+class InterruptAtEnd(TrainerCallback):
+    def on_train_end(self, args, state, control, **kwargs):
+        raise Interrupted("killed after training, before publishing")
+
+
+def test_run_killed_before_publishing_resumes_at_the_end(first_run, samples_path, tiny_model_dir, tmp_path):
+    with pytest.raises(Interrupted):
+        run(tmp_path, samples_path, tiny_model_dir, callbacks=[InterruptAtEnd()])
+    start = RecordStart()
+    out, report = run(tmp_path, samples_path, tiny_model_dir, callbacks=[start])
+    assert start.start_step == 5  # the final checkpoint: nothing left to train
+    assert report == first_run[1]
+    uninterrupted, resumed = adapter_weights(first_run[0] / "model"), adapter_weights(out / "model")
+    assert all(torch.equal(resumed[key], uninterrupted[key]) for key in uninterrupted)
