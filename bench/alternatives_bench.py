@@ -90,7 +90,8 @@ def constructed_points(n: int) -> list[CriticalPoint]:
             f"next message.\nProfile: emotion anxiety, problem academic pressure, user {i}.\n"
             "Current session: the user is worried about final exams and sleeps badly. " * 8
         )
-        history = tuple(item for user, supporter in ESCONV_LIKE[: 1 + i % 3] for item in (("user", user), ("assistant", supporter)))
+        exchanges = ESCONV_LIKE[: 1 + i % 3]
+        history = tuple(item for user, supporter in exchanges for item in (("user", user), ("assistant", supporter)))
         points.append(CriticalPoint(f"constructed-{i}", len(history), len(history) // 2 + 1, "highest", 0.0, context, history))
     return points
 
@@ -131,7 +132,8 @@ def main() -> None:
     parser.add_argument("--user-turn", type=int, default=2, help="the critical user message (1-based) of real sessions")
     parser.add_argument("--alternatives", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=2048, help="discriminator budget")
-    parser.add_argument("--threads", type=int, default=2)
+    # 1: with 2 OpenMP threads and another busy process on a 2-core machine, inference stalls badly.
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--end-marker", default="<|endconversation|>")
     args = parser.parse_args()
@@ -161,17 +163,20 @@ def main() -> None:
           f"{args.alternatives} alternatives each, up to {params.decoding.max_new_tokens} new tokens")
 
     warm = constructed_points(1)
-    batched(generator, model, tokenizer, encoder, warm, params.model_copy(update={"n_alternatives": 2}), precision, args.end_marker, True)
+    warm_params = params.model_copy(update={"n_alternatives": 2})
+    batched(generator, model, tokenizer, encoder, warm, warm_params, precision, args.end_marker, True)
 
     timings = {}
     started = time.perf_counter()
     texts_1, rewards_1, tokens_1 = one_by_one(generator, model, tokenizer, encoder, points, params, precision, args.end_marker)
     timings["one by one"] = (time.perf_counter() - started, tokens_1)
     started = time.perf_counter()
-    texts_b, rewards_b, tokens_b = batched(generator, model, tokenizer, encoder, points, params, precision, args.end_marker, True)
+    texts_b, rewards_b, tokens_b = batched(generator, model, tokenizer, encoder, points, params, precision, args.end_marker,
+                                           True)
     timings["batched (shared prefix)"] = (time.perf_counter() - started, tokens_b)
     started = time.perf_counter()
-    texts_f, rewards_f, tokens_f = batched(generator, model, tokenizer, encoder, points, params, precision, args.end_marker, False)
+    texts_f, rewards_f, tokens_f = batched(generator, model, tokenizer, encoder, points, params, precision, args.end_marker,
+                                           False)
     timings["batched (full sequences)"] = (time.perf_counter() - started, tokens_f)
 
     print()
@@ -184,7 +189,8 @@ def main() -> None:
     same = sum(a == b for a, b in zip(texts_1, texts_b))
     print(f"identical alternatives one-by-one vs batched: {same}/{len(texts_1)}; vs full sequences: "
           f"{sum(a == b for a, b in zip(texts_b, texts_f))}/{len(texts_b)}")
-    both = [(a, b, c) for a, b, c, t1, tb in zip(rewards_1, rewards_b, rewards_f, texts_1, texts_b) if t1 == tb and np.isfinite(a)]
+    rows = zip(rewards_1, rewards_b, rewards_f, texts_1, texts_b)
+    both = [(a, b, c) for a, b, c, t1, tb in rows if t1 == tb and np.isfinite(a)]
     if both:
         values = np.array(both)
         print(f"max |reward difference| (same texts): one-by-one vs shared prefix {np.abs(values[:, 0] - values[:, 1]).max():.2e}, "

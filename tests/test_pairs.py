@@ -136,7 +136,8 @@ def test_select_pair_drops_one_signed_sets():
 
 def test_select_pair_needs_two_distinct_scored_texts():
     statuses = [SCORED, EMPTY, END_OF_CONVERSATION, OVER_DISCRIMINATOR_BUDGET]
-    assert select_pair(candidates_of(["a", "", MARKER, "d"], statuses, [1.0, math.nan, math.nan, math.nan])).outcome == TOO_FEW_SCORED
+    one_scored = candidates_of(["a", "", MARKER, "d"], statuses, [1.0, math.nan, math.nan, math.nan])
+    assert select_pair(one_scored).outcome == TOO_FEW_SCORED
     assert select_pair(candidates_of([], [], [])).outcome == TOO_FEW_SCORED
     # The same text twice is one candidate, not a pair with itself.
     assert select_pair(candidates_of(["same", "same"], rewards=[1.0, -1.0])).outcome == TOO_FEW_SCORED
@@ -186,6 +187,7 @@ def test_alternative_reward_equals_the_reward_substituted_into_the_session(discr
     shared = score_alternatives(model, tokenizer, encoder, [point], candidates, batch_size=3, share_prefix=True)
     full = score_alternatives(model, tokenizer, encoder, [point], candidates, batch_size=3, share_prefix=False)
     assert (shared["status"] == SCORED).all()
+    assert shared["logit_prev"].nunique() == 1  # one prefix pass: the very same value for every alternative
     np.testing.assert_allclose(shared["reward"], full["reward"], rtol=0, atol=1e-5)
     # The same alternatives put into the whole session (later turns kept) and scored as a session.
     rewards = []
@@ -273,7 +275,8 @@ def test_make_pairs_is_deterministic_and_consistent(discriminator, simulator):
     # Every kept pair is made of its point's best and worst scored candidates.
     context_of = dict(zip(contexts["session_id"], contexts["context_text"]))
     for pair in first.pairs.itertuples(index=False):
-        group = first.candidates[(first.candidates["session_id"] == pair.session_id) & (first.candidates["turn_index"] == pair.turn_index)]
+        at = (first.candidates["session_id"] == pair.session_id) & (first.candidates["turn_index"] == pair.turn_index)
+        group = first.candidates[at]
         scored = group[group["status"] == SCORED]
         assert pair.chosen_reward == scored["reward"].max() > 0 > scored["reward"].min() == pair.rejected_reward
         assert json.loads(pair.prompt)[0] == {"role": "system", "content": context_of[pair.session_id.split(":")[3]]}
@@ -322,11 +325,12 @@ def test_preference_pairs_round_trip_and_token_cap(tiny_tokenizer, tmp_path):
     rows = []
     for point in points:
         for j, (text, reward) in enumerate([("I miss my family", 0.7), ("ok", -0.4), ("bye now", 0.1)]):
-            rows.append({"session_id": point.session_id, "turn_index": point.turn_index, "user_turn_number": point.user_turn_number,
-                         "kind": point.kind, "candidate_index": j, "text": text, "status": SCORED, "logit": reward,
+            rows.append({"session_id": point.session_id, "turn_index": point.turn_index,
+                         "user_turn_number": point.user_turn_number, "kind": point.kind, "candidate_index": j, "text": text, "status": SCORED, "logit": reward,
                          "logit_prev": 0.0, "reward": reward, "seed": j, "n_tokens": 4})
     candidates = pd.DataFrame(rows)
-    prompt_tokens = [len(ids) for ids in tiny_tokenizer.apply_chat_template([p.prompt() for p in points], add_generation_prompt=True)["input_ids"]]
+    rendered = tiny_tokenizer.apply_chat_template([p.prompt() for p in points], add_generation_prompt=True)["input_ids"]
+    prompt_tokens = [len(ids) for ids in rendered]
     pairs, outcomes = build_pairs(points, candidates, prompt_tokens, tiny_tokenizer, 4096)
     assert outcomes == [KEPT, KEPT]
     assert list(pairs["pair_id"]) == [p.pair_id for p in points]
@@ -372,3 +376,14 @@ def test_real_sessions_are_refused(discriminator):
     sessions = sessions.assign(source="chitchat")
     with pytest.raises(Exception, match="include real ones"):
         make_pairs(tiny_params(), sessions, messages, contexts, discriminator, lambda: None, MARKER, progress=False)
+
+
+def test_max_sessions_samples_a_seeded_subset(discriminator, simulator):
+    sessions, messages, contexts = toy_simulated(n_sessions=3)
+    params = tiny_params().model_copy(update={"max_sessions": 2})
+    result = make_pairs(params, sessions, messages, contexts, discriminator, lambda: simulator, MARKER, progress=False)
+    assert result.report["sessions_with_critical_points"] == 3
+    assert result.report["sessions_sampled_for_alternatives"] == 2
+    assert result.report["critical_points"]["total"] == 4  # highest + lowest in each of the 2 sessions
+    again = make_pairs(params, sessions, messages, contexts, discriminator, lambda: simulator, MARKER, progress=False)
+    assert {p.session_id for p in result.points} == {p.session_id for p in again.points}

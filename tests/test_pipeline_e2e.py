@@ -1,7 +1,10 @@
-"""The real pipeline, end to end: `dvc repro` on a smoke-sized params override in a fresh copy.
+"""The real pipeline, end to end: `dvc repro` on a smoke-sized params override in a fresh copy,
+through the DIAL loop (one iteration here: zero-shot, sft, it1) and the evaluation reports.
 
 Also proves: a second `dvc repro` is a no-op, a forced re-run gives byte-identical outputs (same
-hashes in dvc.lock), and `dial check --all` / `dial query` work on every artifact.
+hashes in dvc.lock), `dial check --all` / `dial query` work on every artifact, changing
+`dpo.beta` re-runs only the DPO stage and what depends on it, and `dvc metrics diff` shows the
+difference between the two experiments.
 """
 
 import json
@@ -16,14 +19,22 @@ SMOKE = {
     "data": {"max_sessions": 24},
     "split": {"valid_fraction": 0.2, "test_fraction": 0.2},
     "sft": {"max_train_samples": 6, "max_sample_tokens": 768, "save_steps": 4},
-    "simulate": {"n_contexts": 2, "max_turns": 2, "decoding": {"max_new_tokens": 10}},
+    "context": {"max_tokens": 256},
+    "simulate": {"n_contexts": 4, "max_turns": 2, "decoding": {"max_new_tokens": 10}},
+    "dial": {"iterations": 1},
+    "discriminator": {"n_layers": 2, "n_train": 3, "n_valid": 1, "max_tokens": 512},
+    "pairs": {"n_alternatives": 4, "max_sessions": 3, "decoding": {"max_new_tokens": 10}},
+    "dpo": {"max_train_pairs": 2},
+    "evaluate": {"termination": {"n_sessions": 2, "max_new_tokens": 8}},
     "chatbots": [
         {"name": "supportive", "backend": "hf", "system_prompt": "Be kind and brief.", "decoding": {"max_new_tokens": 10}},
         {"name": "replay", "backend": "replay"},
     ],
 }
 DATA_STAGES = ["ingest", "scrub_pii", "split", "build_contexts", "sft_samples"]
-MODEL_STAGES = ["sft", "simulate@zero-shot", "simulate@sft"]
+SIMULATORS = ["zero-shot", "sft", "it1"]
+MODEL_STAGES = (["sft"] + [f"simulate@{s}" for s in SIMULATORS] + [f"discriminator@{s}" for s in SIMULATORS]
+                + ["pairs@it1", "dpo@it1", "evaluate"])
 
 pytestmark = pytest.mark.e2e
 
@@ -57,10 +68,40 @@ def test_repro_builds_every_artifact(workspace):
                                          "CREDIT_CARD", "IBAN_CODE", "US_SSN", "LOCATION"}
     assert "seconds" not in pii_report  # tracked metrics hold no timings (they would never be equal)
     assert (root / "models/simulator/sft/adapter_model.safetensors").exists()
-    for simulator in ("zero-shot", "sft"):
+    for simulator in SIMULATORS:
         report = json.loads((root / f"reports/simulate/{simulator}.json").read_text())
-        assert report["sessions"] == 2 * 2 and set(report["per_chatbot"]) == {"supportive", "replay"}
+        assert report["sessions"] == 4 * 2 and set(report["per_chatbot"]) == {"supportive", "replay"}
         assert sum(report["stop_reasons"].values()) == report["sessions"]
+        discriminator = json.loads((root / f"reports/discriminator/{simulator}.json").read_text())
+        assert discriminator["view"] == "user_only" and discriminator["metrics"]["overall"]["n"] > 0
+        assert (root / f"models/discriminator/{simulator}/adapter_model.safetensors").exists()
+
+
+def test_dial_iteration_outputs(workspace):
+    root, _ = workspace
+    pairs = json.loads((root / "reports/pairs/it1.json").read_text())
+    assert pairs["critical_points"]["total"] > 0
+    dpo = json.loads((root / "reports/dpo/it1.json").read_text())
+    manifest = json.loads((root / "models/simulator/it1/dial_model.json").read_text())
+    assert manifest["previous_simulator"].endswith("sft")
+    if dpo.get("skipped"):  # no kept pair at this size: sft carried forward, never a crash
+        assert pairs["kept_pairs"] == 0
+    else:
+        assert dpo["steps"] >= 1
+    assert (root / "models/simulator/it1/adapter_model.safetensors").exists()
+
+
+def test_reports(workspace):
+    root, _ = workspace
+    metrics = json.loads((root / "reports/metrics.json").read_text())
+    for group in ["real", *SIMULATORS]:
+        assert any(key.startswith(f"{group}.lexical.") for key in metrics), group
+    assert "it1.discriminator.overall.accuracy" in metrics
+    report = (root / "reports/report.md").read_text()
+    for group in ["real", *SIMULATORS]:
+        assert f"| {group} " in report
+    for figure in (root / "reports/figures").glob("*.png"):
+        assert figure.read_bytes()[:4] == b"\x89PNG" and f"figures/{figure.name}" in report
 
 
 def test_simulated_sessions_are_readable(workspace):
@@ -80,7 +121,7 @@ def test_second_repro_is_a_no_op(workspace):
 def test_forced_rerun_gives_byte_identical_outputs(workspace):
     root, _ = workspace
     before = (root / "dvc.lock").read_text()
-    run(["dvc", "repro", "-f", "-s", *DATA_STAGES, "sft", "simulate@sft"], root)
+    run(["dvc", "repro", "-f", "-s", *DATA_STAGES, "sft", "simulate@sft", "discriminator@sft", "pairs@it1", "dpo@it1"], root)
     assert (root / "dvc.lock").read_text() == before
 
 
@@ -97,3 +138,24 @@ def test_dial_check_and_query_on_every_artifact(workspace):
     assert "train" in result
     bad = run(["dial", "query", "SELECT * FROM nope"], root, check=False)
     assert bad.returncode == 1 and "available views" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_changing_dpo_beta_reruns_only_dpo_and_what_follows(workspace):
+    """Runs last: it commits the first run, then runs an experiment on top of it."""
+    root, _ = workspace
+    run(["git", "add", "-A"], root)
+    run(["git", "-c", "user.name=dial", "-c", "user.email=dial@localhost", "commit", "-qm", "first run"], root)
+    experiment = run(["dvc", "exp", "run", "-S", "dpo.beta=0.5"], root)
+    ran = {stage for stage in ["base_model", *DATA_STAGES, *MODEL_STAGES] if f"Running stage '{stage}'" in experiment.stdout}
+    # DPO re-runs; what follows re-runs only if the new simulator differs (a skipped iteration
+    # carries sft forward unchanged, so nothing after it changes).
+    skipped = json.loads((root / "reports/dpo/it1.json").read_text()).get("skipped")
+    expected = {"dpo@it1"} if skipped else {"dpo@it1", "simulate@it1", "discriminator@it1", "evaluate"}
+    assert ran == expected, experiment.stdout[-3000:]
+    shown = run(["dvc", "exp", "show", "--no-pager", "--csv"], root).stdout
+    assert "dpo.beta" in shown and "it1.discriminator.overall.accuracy" in shown
+    diff = run(["dvc", "params", "diff"], root).stdout
+    assert "dpo.beta" in diff and "0.5" in diff
+    if not skipped:
+        metrics_diff = run(["dvc", "metrics", "diff"], root).stdout
+        assert "reports/metrics.json" in metrics_diff and "it1." in metrics_diff, metrics_diff

@@ -8,6 +8,7 @@
     dial chat                 a simulator talks live to a chatbot, or to you
     dial serve --model-dir D  an OpenAI-compatible endpoint for a local model
     dial pipeline             rewrite dvc.yaml's per-iteration stages from dial.iterations
+    dial evaluate-chatbot     a trained simulator against your chatbot(s): issue rates, A/B test
 """
 
 from __future__ import annotations
@@ -227,6 +228,24 @@ def pipeline(
     changed = sync_dvc_yaml(dvc_yaml, iterations)
     simulators = ", ".join(simulator_ids(iterations))
     typer.echo(f"{dvc_yaml}: {'rewritten' if changed else 'already up to date'} for {iterations} iterations (simulators: {simulators})")
+
+
+@app.command("evaluate-chatbot")
+@guarded
+def evaluate_chatbot(
+    chatbot: list[str] = typer.Option(..., "--chatbot", help="A chatbot name from params.yaml; give two for an A/B test (control first)."),
+    simulator: str = typer.Option("it3", help="zero-shot, sft, or a DIAL iteration (it1, ...)."),
+    n_contexts: int = typer.Option(12, help="Held-out real contexts the simulator plays."),
+    n_simulations: int = typer.Option(1, help="Sessions per context and chatbot."),
+    out: Optional[Path] = typer.Option(None, help="Also write the sessions, judgements and summary.json here."),
+    params_file: Path = typer.Option(Path("params.yaml")),
+) -> None:
+    """Run a trained simulator against chatbot(s) and print each one's issue rate, its issue
+    categories and, for two chatbots, the two-proportion z-test of control vs treatment."""
+    from dial.evaluation.chatbot import evaluate_chatbots, render_summary
+
+    result = evaluate_chatbots(load_params(params_file), simulator, chatbot, n_contexts, n_simulations, out)
+    typer.echo(render_summary(result))
 
 
 def _serve_command():

@@ -31,11 +31,12 @@ For simulator S and the discriminator D_S trained on S's sessions:
    reward = logit at the alternative's end − logit at the previous user message's end (p_0, the
    context end, for a first user message). Both logits come from the same forward pass. The
    tokens before the alternative are identical to those of the scored session, and causal
-   attention makes the output at a position depend on the tokens up to it only, so logit_prev is
-   the value `score_sessions` gave the session (up to float rounding of different batch shapes)
-   and the reward is exactly the reward the message would get were it substituted into the
-   session (tested). An alternative that does not fit D_S's token budget is
-   `over_discriminator_budget`, not scored.
+   attention makes the output at a position depend on the tokens up to it only. So logit_prev is
+   the value `score_sessions` gave the session (it is the same computation; numerically equal up
+   to float rounding of other batch shapes, ~1e-6), every alternative of a point gets the very
+   same logit_prev (one prefix pass when `share_prefix`), and the reward is the reward the message
+   would get were it substituted into the session, later turns included (tested to 1e-5). An
+   alternative that does not fit D_S's token budget is `over_discriminator_budget`, not scored.
 
    With `share_prefix` (default) the shared history of a point's alternatives is run through D_S
    once and its keys/values reused for every alternative (the history is hundreds of tokens, an
@@ -88,6 +89,7 @@ from dial.params import DecodingParams, Precision, Section
 from dial.prompting import DEFAULT_END_MARKER, is_end_of_conversation, simulator_messages
 from dial.rewards import critical_points, message_rewards
 from dial.simulate import stable_seed
+from dial.params import PairsParams  # noqa: F401 (defined with the other params)
 
 log = logging.getLogger(__name__)
 
@@ -125,25 +127,6 @@ PAIR_COLUMNS = [
 ]
 _CANDIDATE_DTYPES = [str, "int64", "int64", str, "int64", str, str, "float64", "float64", "float64", "int64", "int64"]
 _PAIR_DTYPES = [str, str, "int64", str, str, str, str, "float64", "float64", "int64", "int64", "int64"]
-
-
-class PairsParams(Section):
-    """Preference pairs (METHOD.md §5 steps 3–5). The paper: 8 alternatives at the highest- and
-    lowest-reward message of each session; decoding = the simulator's (`simulate.decoding`)."""
-
-    n_per_session: int = Field(default=1, ge=1)  # critical points per kind (highest, lowest) per session
-    n_alternatives: int = Field(default=8, ge=2)  # sampled user messages per critical point
-    decoding: DecodingParams = Field(
-        default_factory=lambda: DecodingParams(temperature=1.0, top_p=0.95, max_new_tokens=40)
-    )
-    # Rows per generation batch; a multiple of n_alternatives keeps a point's rows in one batch
-    # (its shared prompt is then prefilled once).
-    generate_batch_size: int = Field(default=32, gt=0)
-    score_batch_size: int = Field(default=8, gt=0)  # sessions (or alternatives) per discriminator pass
-    share_prefix: bool = True  # run a point's shared history through the discriminator once
-    max_tokens: int = Field(default=2048, ge=16)  # prompt + completion of a DPO pair; longer pairs dropped
-    precision: Precision = "auto"  # simulator and discriminator inference
-    seed: int = 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -339,9 +322,8 @@ def _prefix_shared_logits(
             )
             suffix_logits = output.logits[..., 0].double().cpu().numpy()
             for row, item in enumerate(group[start : start + batch_size]):
-                results.append(
-                    np.array([prefix_logits[p] if p < prefix else suffix_logits[row, p - prefix] for p in item.read_positions()])
-                )
+                positions = item.read_positions()
+                results.append(np.array([prefix_logits[p] if p < prefix else suffix_logits[row, p - prefix] for p in positions]))
     return results
 
 
@@ -390,7 +372,7 @@ def score_alternatives(
     """Fill logit, logit_prev and reward of the `scored` candidates (each in its point's exact
     history, see the module docstring); those over the discriminator's budget get status
     `over_discriminator_budget`, duplicates the values of their first copy."""
-    frame = candidates.copy()
+    frame = candidates.reset_index(drop=True)  # positions == labels below
     rows_of = frame.groupby(["session_id", "turn_index"], sort=False).indices
     groups, group_rows = [], []
     for point in points:
@@ -587,7 +569,9 @@ def pairs_report(
         },
         "kept_tokens": {
             "prompt": _stats(pairs["prompt_tokens"].astype("float64")),
-            "longest_pair": _stats((pairs["prompt_tokens"] + pairs[["chosen_tokens", "rejected_tokens"]].max(axis=1)).astype("float64")),
+            "longest_pair": _stats(
+                (pairs["prompt_tokens"] + pairs[["chosen_tokens", "rejected_tokens"]].max(axis=1)).astype("float64")
+            ),
         },
     }
 
@@ -624,12 +608,20 @@ def make_pairs(
     precision = resolve_precision(params.precision, _model_device(model))
     started = time.perf_counter()
     scores = score_sessions(
-        model, tokenizer, sessions, messages, contexts, view, budget, max_user_turns, params.score_batch_size, precision, progress
+        model, tokenizer, sessions, messages, contexts, view, budget, max_user_turns, params.score_batch_size, precision,
+        progress,
     )
     rewards = message_rewards(scores)
     critical = critical_points(rewards, params.n_per_session)
+    n_sessions_with_points = int(critical["session_id"].nunique())
+    if params.max_sessions and n_sessions_with_points > params.max_sessions:
+        # A seeded, order-independent subset of sessions (CPU budget): alternatives cost
+        # n_alternatives generations and discriminator passes per critical point.
+        ranked = sorted(critical["session_id"].unique(), key=lambda session_id: stable_seed(params.seed, "pairs-sessions", session_id))
+        critical = critical[critical["session_id"].isin(set(ranked[: params.max_sessions]))]
     points = build_points(critical, sessions, messages, contexts)
-    log.info("pairs: %d sessions scored, %d critical points (%.1f s)", len(sessions), len(points), time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    log.info("pairs: %d sessions scored, %d critical points (%.1f s)", len(sessions), len(points), seconds)
 
     if points:
         simulator = load_simulator()
@@ -648,6 +640,8 @@ def make_pairs(
         candidates, prompt_tokens = _candidates_frame([]), []
         pairs, outcomes = build_pairs([], candidates, [], None, params.max_tokens)
     report = pairs_report(sessions, scores, points, candidates, pairs, outcomes, manifest, params)
+    report["sessions_with_critical_points"] = n_sessions_with_points
+    report["sessions_sampled_for_alternatives"] = len({point.session_id for point in points})
     return PairsResult(candidates, pairs, report, scores, points)
 
 
@@ -657,7 +651,8 @@ def _log_prefix_agreement(rewards: pd.DataFrame, candidates: pd.DataFrame) -> No
     scored = candidates[candidates["status"] == SCORED]
     if scored.empty:
         return
-    merged = scored.merge(rewards[["session_id", "turn_index", "logit_prev"]], on=["session_id", "turn_index"], suffixes=("", "_session"))
+    session = rewards[["session_id", "turn_index", "logit_prev"]]
+    merged = scored.merge(session, on=["session_id", "turn_index"], suffixes=("", "_session"))
     gap = float((merged["logit_prev"] - merged["logit_prev_session"]).abs().max())
     log.info("pairs: max |logit_prev(alternative) - logit_prev(session)| = %.2e", gap)
 

@@ -236,6 +236,123 @@ class SimulateParams(Section):
     seed: int = 0
 
 
+class JudgeEndpointParams(OpenAIEndpointParams):
+    """The LLM judge's OpenAI-compatible endpoint (same fields as the other endpoints, plus concurrency)."""
+
+    model: str = ""
+    max_tokens: int = Field(default=2048, gt=0)  # one JSON annotation of a whole session
+    max_concurrency: int = Field(default=4, gt=0)  # sessions judged in parallel
+    seed: int | None = 0  # sent to endpoints that honour it (vLLM, llama.cpp, OpenAI); None = not sent
+
+
+class JudgeParams(Section):
+    """Which judge annotates issues and user actions (docs/judges.md)."""
+
+    # rules: offline, deterministic text rules; openai: an LLM behind any OpenAI-compatible endpoint.
+    backend: Literal["rules", "openai"] = "rules"
+    taxonomy: str = "taxonomy.yaml"  # issue categories and user actions (repo-relative path)
+    openai: JudgeEndpointParams = Field(default_factory=JudgeEndpointParams)
+    # LLM replies that are not valid JSON for the taxonomy/session are re-asked (with the problem
+    # named) this many times before the stage stops with an error naming the item.
+    max_invalid_replies: int = Field(default=2, ge=0)
+    cache_dir: str = ".dial/judge-cache"  # LLM annotations by content hash: a re-run costs nothing
+    id_salt: str = "dial-judge-v1"  # salt of the opaque item ids (opaque_id)
+
+    @model_validator(mode="after")
+    def _openai_needs_model(self) -> "JudgeParams":
+        if self.backend == "openai" and not self.openai.model:
+            raise ValueError("judge.openai.model is required when judge.backend is 'openai'")
+        return self
+
+
+class AbPair(Section):
+    control: str
+    treatment: str
+
+
+class TerminationParams(Section):
+    """Dialogue-termination probe (UserLM): costs one short generation per position after a
+    chatbot turn of `n_sessions` held-out real sessions, per simulator."""
+
+    enabled: bool = True
+    n_sessions: int = Field(default=6, ge=0)  # seeded choice of held-out real sessions; 0 = all
+    max_new_tokens: int = Field(default=12, gt=0)  # enough for the end marker (7 tokens with SmolLM2)
+    max_positions_per_session: int = Field(default=0, ge=0)  # the last N positions of a session; 0 = all
+    seed: int = 0
+
+
+class TsneParams(Section):
+    """Optional t-SNE picture of session embeddings (appendix B.1). Not implemented yet: when
+    enabled, the evaluation logs that it is skipped (settings.tsne says so)."""
+
+    enabled: bool = False
+    perplexity: float = Field(default=30.0, gt=0)
+    max_sessions_per_group: int = Field(default=50, gt=0)
+
+
+class EvaluateParams(Section):
+    """Evaluation (METHOD.md §6–7)."""
+
+    # Chatbot pairs compared like the paper's A/B test (table 5); pairs whose chatbots were not
+    # simulated are reported as not applicable.
+    ab_pairs: list[AbPair] = Field(default_factory=lambda: [AbPair(control="supportive", treatment="terse")])
+    kl_smoothing: float = Field(default=0.5, ge=0.0)  # additive pseudo-count per issue category
+    bce_eps: float = Field(default=1e-6, gt=0.0, lt=0.5)  # simulated action rates clipped to [eps, 1-eps]
+    # Lexical and intent metrics on each session's first N user messages only (0 = all): set it to
+    # simulate.max_turns so long real sessions are compared with simulated ones of equal length.
+    max_user_turns: int = Field(default=0, ge=0)
+    decimals: int = Field(default=6, ge=1, le=12)  # rounding of metrics.json
+    termination: TerminationParams = Field(default_factory=TerminationParams)
+    tsne: TsneParams = Field(default_factory=TsneParams)
+
+
+class PairsParams(Section):
+    """Preference pairs (METHOD.md §5 steps 3–5). The paper: 8 alternatives at the highest- and
+    lowest-reward message of each session; decoding = the simulator's (`simulate.decoding`)."""
+
+    n_per_session: int = Field(default=1, ge=1)  # critical points per kind (highest, lowest) per session
+    max_sessions: int = Field(default=0, ge=0)  # seeded subset of sessions that get alternatives; 0 = all
+    n_alternatives: int = Field(default=8, ge=2)  # sampled user messages per critical point
+    decoding: DecodingParams = Field(
+        default_factory=lambda: DecodingParams(temperature=1.0, top_p=0.95, max_new_tokens=40)
+    )
+    # Rows per generation batch; a multiple of n_alternatives keeps a point's rows in one batch
+    # (its shared prompt is then prefilled once).
+    generate_batch_size: int = Field(default=32, gt=0)
+    score_batch_size: int = Field(default=8, gt=0)  # sessions (or alternatives) per discriminator pass
+    share_prefix: bool = True  # run a point's shared history through the discriminator once
+    max_tokens: int = Field(default=2048, ge=16)  # prompt + completion of a DPO pair; longer pairs dropped
+    precision: Precision = "auto"  # simulator and discriminator inference
+    seed: int = 0
+
+
+LossType = Literal["sigmoid", "hinge", "ipo", "sigmoid_norm", "bco_pair", "nca_pair"]
+
+
+class DpoParams(Section):
+    """DPO of the simulator in each DIAL iteration (METHOD.md §5 step 6; the paper's table 6)."""
+
+    beta: float = Field(default=1.0, gt=0)
+    loss_type: LossType = "sigmoid"
+    epochs: float = Field(default=1.0, gt=0)
+    batch_size: int = Field(default=1, gt=0)  # pairs per device step
+    gradient_accumulation_steps: int = Field(default=1, gt=0)
+    learning_rate: float = Field(default=1e-5, gt=0)
+    lr_scheduler: str = "constant_with_warmup"  # the paper's "constant, warmup 0.1"
+    warmup_ratio: float = Field(default=0.1, ge=0.0, lt=1.0)
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    # Only for a zero-shot previous simulator (fresh adapter); otherwise the previous adapter's own.
+    lora: LoraParams = Field(default_factory=LoraParams)
+    # CPU budget: a seeded subset of the pairs (0 = all); the rest are skipped and counted.
+    max_train_pairs: int = Field(default=0, ge=0)
+    precision: Precision = "auto"
+    gradient_checkpointing: bool = False
+    logging_steps: int = Field(default=5, gt=0)
+    save_steps: int = Field(default=50, gt=0)
+    seed: int = 0
+
+
 View = Literal["full", "user_only"]
 
 
@@ -283,6 +400,10 @@ class Params(Section):
     chatbots: list[ChatbotParams] = Field(default_factory=_default_chatbots)
     dial: DialParams = Field(default_factory=DialParams)
     discriminator: DiscriminatorParams = Field(default_factory=DiscriminatorParams)
+    pairs: PairsParams = Field(default_factory=PairsParams)
+    dpo: DpoParams = Field(default_factory=DpoParams)
+    judge: JudgeParams = Field(default_factory=JudgeParams)
+    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
 
     @model_validator(mode="after")
     def _chatbot_names_unique(self) -> "Params":

@@ -103,3 +103,6 @@ def dpo_checkpoints(iteration: str) -> Path:
 
 def discriminator_loss_file(simulator_id: str) -> Path:
     return REPORTS / "discriminator" / simulator_id / "loss.csv"
+
+
+EVALUATION_DIR = DATA / "evaluation"

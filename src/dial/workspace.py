@@ -55,3 +55,28 @@ def copy_project(repo: Path, dest: Path, params_override: dict | None = None) ->
     run(["git", "add", "-A"], dest)
     run(["git", "-c", "user.name=dial", "-c", "user.email=dial@localhost", "commit", "-qm", "scratch copy"], dest)
     return dest
+
+
+def stage_order(root: Path) -> list[str]:
+    """The stages `dvc repro` would run in `root`, in its order."""
+    dry = run(["dvc", "repro", "--dry"], root).stdout
+    return [line.split("'")[1] for line in dry.splitlines() if line.startswith("Running stage '")]
+
+
+def repro_timed(root: Path, stages: list[str] | None = None) -> list[dict]:
+    """Run each stage alone (`dvc repro -s`), in order, measuring its wall time and the peak RSS
+    of its process tree (os.wait4's rusage: the stage's process and what it waited for)."""
+    import time
+
+    results = []
+    for stage in stages if stages is not None else stage_order(root):
+        started = time.perf_counter()
+        process = subprocess.Popen(["dvc", "repro", "-s", stage], cwd=root, env=tool_env(),
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        output = process.stdout.read()
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.perf_counter() - started
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise RuntimeError(f"`dvc repro -s {stage}` failed in {root}:\n{output[-4000:]}")
+        results.append({"stage": stage, "seconds": seconds, "peak_rss_gib": usage.ru_maxrss / 2**20})
+    return results

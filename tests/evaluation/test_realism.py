@@ -118,7 +118,7 @@ def probe_inputs():
     return contexts, sessions, frame
 
 
-def test_termination_probe_generates_every_position_in_one_batch(generator):
+def test_termination_probe_generates_every_position_with_its_own_seed(generator):
     contexts, sessions, frame = probe_inputs()
     sampled = DecodingParams(temperature=1.0, max_new_tokens=8)  # (greedy: the random model ends at once)
     first = realism.termination_predictions(generator, contexts, sessions, frame, "<|endconversation|>", sampled, seed=0,
@@ -163,3 +163,25 @@ def test_termination_probe_refuses_too_few_tokens_and_missing_contexts(generator
     with pytest.raises(DialError, match="no context"):
         realism.termination_predictions(generator, contexts.iloc[:1], sessions, frame, "<|endconversation|>",
                                         DecodingParams(max_new_tokens=12), seed=0, progress=False)
+
+
+def test_termination_positions_can_be_capped_to_the_last_ones(tiny_model_dir):
+    """Only the last N positions of each session are probed (the real ending among them)."""
+    import torch
+
+    from dial.generation import ChatGenerator
+    from dial.params import DecodingParams
+
+    torch.set_num_threads(1)
+    generator = ChatGenerator.load(tiny_model_dir, None, "fp32", 8)
+    rows = []
+    for t in range(10):
+        rows.append(("s1", t, "user" if t % 2 == 0 else "assistant", f"message {t}"))
+    messages = pd.DataFrame(rows, columns=["session_id", "turn_index", "role", "text"])
+    sessions = pd.DataFrame({"session_id": ["s1"]})
+    contexts = pd.DataFrame({"session_id": ["s1"], "context_text": ["be the user"]})
+    decoding = DecodingParams(temperature=1.0, top_p=1.0, max_new_tokens=12)
+    predictions = realism.termination_predictions(generator, contexts, sessions, messages, "<|endconversation|>",
+                                                  decoding, 0, progress=False, max_positions_per_session=2)
+    assert list(predictions["turn_index"]) == [7, 9]
+    assert list(predictions["is_end"]) == [False, True]

@@ -21,11 +21,12 @@ from dial.training.common import lora_config, save_adapter  # noqa: E402
 from dial.training.dpo import (  # noqa: E402
     MANIFEST,
     DpoParams,
+    _check_reference_is_previous_adapter,
     build_dpo_trainer,
     read_pairs,
     run_dpo,
     select_train_pairs,
-    simulator_adapter_dir,
+    resolve_simulator_adapter,
 )
 
 WORDS = "hey so I feel tired today and my job is a lot lately maybe a walk would help thanks bye".split()
@@ -188,6 +189,10 @@ def test_reference_policy_is_the_previous_simulator(
     if previous == "simulator":
         # At the first step the policy is the previous simulator: zero implicit reward.
         assert logs[0]["rewards/chosen"] == pytest.approx(0.0, abs=1e-4)
+        # Without trl's "ref" copy the reference would silently be the base model: that is refused.
+        trainer.model.delete_adapter("ref")
+        with pytest.raises(DialError, match="reference policy would be the base model"):
+            _check_reference_is_previous_adapter(trainer.model)
 
 
 def test_run_trains_the_adapter_and_writes_manifest_report_and_loss_curve(
@@ -203,7 +208,7 @@ def test_run_trains_the_adapter_and_writes_manifest_report_and_loss_curve(
     before, after = adapter_weights(previous_adapter_dir), adapter_weights(model_dir)
     assert before.keys() == after.keys()
     assert any(not torch.equal(before[key], after[key]) for key in before)
-    assert simulator_adapter_dir(model_dir) == model_dir
+    assert resolve_simulator_adapter(model_dir) == model_dir
     manifest = json.loads((model_dir / MANIFEST).read_text())
     assert manifest["kind"] == "simulator" and manifest["skipped"] is False
     assert manifest["base_model"] == tiny_model_dir.as_posix()
@@ -212,7 +217,7 @@ def test_run_trains_the_adapter_and_writes_manifest_report_and_loss_curve(
     assert manifest["params"] == tiny_params().model_dump(mode="json")
     assert json.loads((out / "dpo.json").read_text()) == report
     assert report["pairs_available"] == report["pairs_used"] == 6
-    assert report["pairs_skipped"] == 0
+    assert report["pairs_skipped"] == 0 and report["pairs_used_by_kind"] == {"highest": 3, "lowest": 3}
     assert report["steps"] == 6 and report["precision"] == "fp32"
     assert 0 < report["trainable_params"] < report["total_params"]
     assert 0.0 <= report["final_rewards_accuracies"] <= 1.0
@@ -242,7 +247,7 @@ def test_same_inputs_give_a_byte_identical_simulator_folder(
 
 
 def test_zero_pairs_carry_the_previous_simulator_forward(
-    pairs_frame, tiny_model_dir, previous_adapter_dir, tmp_path
+    first_run, pairs_frame, tiny_model_dir, previous_adapter_dir, tmp_path
 ):
     empty = io.PREFERENCE_PAIRS.write(pairs_frame.iloc[0:0], tmp_path / "empty.parquet")
     out, report = run(tmp_path, empty, tiny_model_dir, previous_adapter_dir)
@@ -257,18 +262,19 @@ def test_zero_pairs_carry_the_previous_simulator_forward(
     assert manifest["previous_simulator"] == previous_adapter_dir.as_posix()
     assert (out / "dpo" / "loss.csv").read_text() == "step,loss\n"
     assert json.loads((out / "dpo.json").read_text()) == report
+    assert report.keys() == first_run[1].keys()  # the same metrics whether trained or skipped
 
     # The zero-shot simulator carried forward is "the base model": a manifest-only folder ...
     out, report = run(tmp_path, empty, tiny_model_dir, None, name="zero-shot")
     assert report["skipped"] is True
     assert sorted(path.name for path in (out / "model").iterdir()) == [MANIFEST]
     assert json.loads((out / "model" / MANIFEST).read_text())["adapter"] is None
-    assert simulator_adapter_dir(out / "model") is None
+    assert resolve_simulator_adapter(out / "model") is None
     # ... and the next iteration starting from it treats it as the base model.
     again, report = run(tmp_path, empty, tiny_model_dir, out / "model", name="next")
     assert sorted(path.name for path in (again / "model").iterdir()) == [MANIFEST]
     with pytest.raises(DialError, match="not a simulator folder"):
-        simulator_adapter_dir(tmp_path)
+        resolve_simulator_adapter(tmp_path)
 
 
 class Interrupted(Exception):

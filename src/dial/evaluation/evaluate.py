@@ -39,52 +39,13 @@ from pydantic import Field
 from dial.errors import DialError
 from dial.evaluation import lexical, realism, stats
 from dial.params import DecodingParams, Section
+from dial.params import AbPair, TerminationParams, TsneParams, EvaluateParams  # noqa: F401 (defined with the other params)
 
 log = logging.getLogger(__name__)
 
 REAL = "real"
 ISSUE_COLUMNS = ("item_id", "turn_index", "category")
 ACTION_COLUMNS = ("item_id", "turn_index", "group", "action")
-
-
-class AbPair(Section):
-    control: str
-    treatment: str
-
-
-class TerminationParams(Section):
-    """Dialogue-termination probe (UserLM): costs one short generation per position after a
-    chatbot turn of `n_sessions` held-out real sessions, per simulator."""
-
-    enabled: bool = True
-    n_sessions: int = Field(default=6, ge=0)  # seeded choice of held-out real sessions; 0 = all
-    max_new_tokens: int = Field(default=12, gt=0)  # enough for the end marker (7 tokens with SmolLM2)
-    seed: int = 0
-
-
-class TsneParams(Section):
-    """Optional t-SNE picture of session embeddings (appendix B.1). Not implemented yet: when
-    enabled, the evaluation logs that it is skipped (settings.tsne says so)."""
-
-    enabled: bool = False
-    perplexity: float = Field(default=30.0, gt=0)
-    max_sessions_per_group: int = Field(default=50, gt=0)
-
-
-class EvaluateParams(Section):
-    """Evaluation (METHOD.md §6–7)."""
-
-    # Chatbot pairs compared like the paper's A/B test (table 5); pairs whose chatbots were not
-    # simulated are reported as not applicable.
-    ab_pairs: list[AbPair] = Field(default_factory=lambda: [AbPair(control="supportive", treatment="terse")])
-    kl_smoothing: float = Field(default=0.5, ge=0.0)  # additive pseudo-count per issue category
-    bce_eps: float = Field(default=1e-6, gt=0.0, lt=0.5)  # simulated action rates clipped to [eps, 1-eps]
-    # Lexical and intent metrics on each session's first N user messages only (0 = all): set it to
-    # simulate.max_turns so long real sessions are compared with simulated ones of equal length.
-    max_user_turns: int = Field(default=0, ge=0)
-    decimals: int = Field(default=6, ge=1, le=12)  # rounding of metrics.json
-    termination: TerminationParams = Field(default_factory=TerminationParams)
-    tsne: TsneParams = Field(default_factory=TsneParams)
 
 
 def termination_decoding(simulate_decoding: DecodingParams, params: TerminationParams) -> DecodingParams:

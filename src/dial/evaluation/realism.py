@@ -35,6 +35,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from dial.errors import DialError
 from dial.evaluation.lexical import user_texts_by_session, words
@@ -170,9 +171,14 @@ def termination_predictions(
     seed: int,
     simulator_id: str = "",
     progress: bool = True,
+    max_positions_per_session: int = 0,
 ) -> pd.DataFrame:
     """Ask the simulator (`dial.generation.ChatGenerator`) at every termination position of the
-    real `sessions` whether it ends the conversation; one batched `generate` call.
+    real `sessions` whether it ends the conversation (only the last `max_positions_per_session`
+    positions of each session when > 0: the real ending and the turns just before it, which is
+    where ending or not is decided; a long session otherwise costs one generation per turn). Batched in waves (the k-th position of every
+    session together) with per-session prefix reuse; each position has its own seed, so the
+    outputs do not depend on the batching.
 
     Returns TERMINATION_COLUMNS (the `termination_predictions` artifact; `simulator_id` is only
     copied into the rows): predicted_end = the output starts with `end_marker`. Positions
@@ -190,6 +196,8 @@ def termination_predictions(
     if missing:
         raise DialError(f"termination: no context for real session(s) {missing[:5]}")
     positions = termination_positions(messages, session_ids)
+    if max_positions_per_session > 0:
+        positions = positions.groupby("session_id", sort=False).tail(max_positions_per_session).reset_index(drop=True)
     history_of = {
         str(sid): list(zip(group["turn_index"], group["role"], group["text"]))
         for sid, group in messages.sort_values(["session_id", "turn_index"]).groupby("session_id", sort=True)
@@ -209,12 +217,24 @@ def termination_predictions(
     if len(todo) < len(status):
         log.warning("termination: %d of %d positions exceed the model's window; not scored", len(status) - len(todo), len(status))
     seeds = [_position_seed(seed, row.session_id, row.turn_index) for row in positions.itertuples(index=False)]
-    outputs = generator.generate(
-        [conversations[i] for i in todo], decoding, [seeds[i] for i in todo], progress=progress, desc="termination"
-    )
+    # Waves: the k-th position of every session together, each session keyed, so a position's
+    # prompt continues the previous position's processed tokens (prefix reuse) instead of running
+    # the whole context and history again: prefill grows with the session, not quadratically.
+    rank = positions.groupby("session_id", sort=False).cumcount().to_numpy()
+    keys = [f"termination:{row.session_id}" for row in positions.itertuples(index=False)]
     generated = [""] * len(status)
-    for i, output in zip(todo, outputs):
-        generated[i] = output.text
+    waves = [[i for i in todo if rank[i] == k] for k in range(int(rank.max()) + 1 if len(rank) else 0)]
+    try:
+        for wave in tqdm(waves, desc="termination", unit="wave", disable=not progress):
+            if not wave:
+                continue
+            outputs = generator.generate(
+                [conversations[i] for i in wave], decoding, [seeds[i] for i in wave], cache_keys=[keys[i] for i in wave]
+            )
+            for i, output in zip(wave, outputs):
+                generated[i] = output.text
+    finally:
+        generator.forget(sorted(set(keys)))
     result = positions.copy()
     result["predicted_end"] = [s == GENERATED and is_end_of_conversation(text, end_marker) for s, text in zip(status, generated)]
     result["status"] = status

@@ -350,3 +350,39 @@ def write_loss_csv(path: Path, log_history: list[dict]) -> list[tuple[int, float
     lines = ["step,loss"] + [f"{step},{loss:.6f}" for step, loss in train]
     write_text_atomic(path, "\n".join(lines) + "\n")
     return train
+
+
+def shared_trainer_arguments(params, precision: ResolvedPrecision, output_dir: Path) -> dict:
+    """The Trainer arguments SFT and DPO set alike, from their params sections (same field names):
+    schedule, precision, device, seeds, logging and checkpoints. Samples arrive within budget
+    (skipped upstream, never truncated), so no max_length."""
+    device = training_device()
+    return dict(
+        output_dir=str(output_dir),
+        num_train_epochs=params.epochs,
+        per_device_train_batch_size=params.batch_size,
+        gradient_accumulation_steps=params.gradient_accumulation_steps,
+        learning_rate=params.learning_rate,
+        lr_scheduler_type=params.lr_scheduler,
+        warmup_steps=params.warmup_ratio,  # transformers 5: a float < 1 is a ratio (warmup_ratio is gone)
+        max_grad_norm=params.max_grad_norm,
+        weight_decay=params.weight_decay,
+        bf16=precision == "bf16",  # autocast; the weights stay fp32
+        fp16=False,
+        use_cpu=device.type == "cpu",
+        # transformers 5 renamed gradient_checkpointing; the new name wins over trl's old-name default (True).
+        activation_checkpointing=params.gradient_checkpointing,
+        seed=params.seed,
+        data_seed=params.seed,
+        max_length=None,
+        dataset_num_proc=None,
+        logging_steps=params.logging_steps,
+        save_strategy="steps",
+        save_steps=params.save_steps,
+        save_total_limit=1,  # resuming needs only the latest
+        report_to="none",
+        disable_tqdm=True,  # TokenThroughputCallback shows the bar
+        include_num_input_tokens_seen="non_padding",
+        dataloader_pin_memory=device.type == "cuda",
+        eval_strategy="no",
+    )

@@ -31,7 +31,7 @@ Nothing to learn
     previous simulator is carried forward unchanged (its adapter files byte-identical) with a
     manifest saying `skipped`. If the previous simulator is the zero-shot base model, the output is
     a folder with only the manifest (`adapter: null`), meaning "the base model";
-    `simulator_adapter_dir` maps such a folder to `None` for the loaders.
+    `resolve_simulator_adapter` maps such a folder to `None` for the loaders.
 
 Checkpoints go outside the DVC output, keyed by a hash of params, precision, pairs, base model and
 previous adapter, so an interrupted run resumes where it stopped (as SFT).
@@ -51,7 +51,7 @@ from pydantic import Field
 
 from dial import io
 from dial.errors import DialError
-from dial.params import LoraParams, Precision, Section
+from dial.params import DpoParams, LoraParams, LossType, Precision, Section  # noqa: F401
 from dial.training.common import (
     ResolvedPrecision,
     TokenThroughputCallback,
@@ -65,6 +65,7 @@ from dial.training.common import (
     resolve_precision,
     run_key,
     save_adapter,
+    shared_trainer_arguments,
     score_labelled_positions_only,
     sha256_dir,
     sha256_files,
@@ -79,31 +80,6 @@ ADAPTER_CONFIG = "adapter_config.json"
 REF_ADAPTER = "ref"  # the name trl 1.x gives its frozen copy of the starting adapter
 
 # trl loss types that need nothing beyond beta ("sigmoid" is the paper's DPO).
-LossType = Literal["sigmoid", "hinge", "ipo", "sigmoid_norm", "bco_pair", "nca_pair"]
-
-
-class DpoParams(Section):
-    """DPO of the simulator in each DIAL iteration (METHOD.md §5 step 6; the paper's table 6)."""
-
-    beta: float = Field(default=1.0, gt=0)
-    loss_type: LossType = "sigmoid"
-    epochs: float = Field(default=1.0, gt=0)
-    batch_size: int = Field(default=1, gt=0)  # pairs per device step
-    gradient_accumulation_steps: int = Field(default=1, gt=0)
-    learning_rate: float = Field(default=1e-5, gt=0)
-    lr_scheduler: str = "constant_with_warmup"  # the paper's "constant, warmup 0.1"
-    warmup_ratio: float = Field(default=0.1, ge=0.0, lt=1.0)
-    max_grad_norm: float = Field(default=1.0, gt=0)
-    weight_decay: float = Field(default=0.0, ge=0.0)
-    # Only for a zero-shot previous simulator (fresh adapter); otherwise the previous adapter's own.
-    lora: LoraParams = Field(default_factory=LoraParams)
-    # CPU budget: a seeded subset of the pairs (0 = all); the rest are skipped and counted.
-    max_train_pairs: int = Field(default=0, ge=0)
-    precision: Precision = "auto"
-    gradient_checkpointing: bool = False
-    logging_steps: int = Field(default=5, gt=0)
-    save_steps: int = Field(default=50, gt=0)
-    seed: int = 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -111,7 +87,7 @@ class DpoParams(Section):
 # --------------------------------------------------------------------------------------------
 
 
-def simulator_adapter_dir(model_dir: Path) -> Path | None:
+def resolve_simulator_adapter(model_dir: Path) -> Path | None:
     """The LoRA adapter folder of a simulator, or None when the simulator is the base model itself
     (a DPO output carried forward from the zero-shot simulator: a manifest with `adapter: null`)."""
     model_dir = Path(model_dir)
@@ -134,13 +110,11 @@ def read_pairs(path: Path) -> pd.DataFrame:
     pairs = io.PREFERENCE_PAIRS.read(path)
     for row, (pair_id, prompt) in enumerate(zip(pairs["pair_id"], pairs["prompt"])):
         messages = json.loads(prompt)  # the schema checked it is a JSON list
-        if not (
-            messages
-            and all(
-                isinstance(message, dict) and isinstance(message.get("role"), str) and isinstance(message.get("content"), str)
-                for message in messages
-            )
-        ):
+        well_formed = all(
+            isinstance(message, dict) and all(isinstance(message.get(key), str) for key in ("role", "content"))
+            for message in messages
+        )
+        if not (messages and well_formed):
             raise DialError(
                 f"{path}: row {row} (pair_id {pair_id!r}), field 'prompt': expected a non-empty JSON list of "
                 '{"role", "content"} messages'
@@ -160,6 +134,7 @@ def select_train_pairs(pairs: pd.DataFrame, params: DpoParams) -> tuple[pd.DataF
         "pairs_available": len(pairs),
         "pairs_skipped": len(pairs) - len(kept),  # over dpo.max_train_pairs
         "pairs_used": len(kept),
+        "pairs_used_by_kind": {str(kind): int(n) for kind, n in sorted(kept["kind"].value_counts().items())},
         # Tokens the policy forward sees per epoch (chosen and rejected, each with the prompt); the
         # reference forward sees as many again, without a backward pass.
         "sequence_tokens_per_epoch": int(
@@ -198,42 +173,13 @@ def dpo_config(params: DpoParams, precision: ResolvedPrecision, output_dir: Path
     """
     from trl import DPOConfig
 
-    device = training_device()
     return DPOConfig(
-        output_dir=str(output_dir),
+        **shared_trainer_arguments(params, precision, output_dir),
         beta=params.beta,
         loss_type=[params.loss_type],
-        num_train_epochs=params.epochs,
-        per_device_train_batch_size=params.batch_size,
-        gradient_accumulation_steps=params.gradient_accumulation_steps,
-        learning_rate=params.learning_rate,
-        lr_scheduler_type=params.lr_scheduler,
-        warmup_steps=params.warmup_ratio,  # transformers 5: a float < 1 is a ratio (warmup_ratio is gone)
-        max_grad_norm=params.max_grad_norm,
-        weight_decay=params.weight_decay,
-        bf16=precision == "bf16",  # autocast; the weights stay fp32
-        fp16=False,
-        use_cpu=device.type == "cpu",
-        # transformers 5 renamed gradient_checkpointing; the new name wins over trl's old-name default (True).
-        activation_checkpointing=params.gradient_checkpointing,
-        seed=params.seed,
-        data_seed=params.seed,
-        # Data: pairs arrive within budget (skipped, never truncated), so no max_length.
-        max_length=None,
         precompute_ref_log_probs=False,
         sync_ref_model=False,
         disable_dropout=True,
-        dataset_num_proc=None,
-        # Logging and checkpoints
-        logging_steps=params.logging_steps,
-        save_strategy="steps",
-        save_steps=params.save_steps,
-        save_total_limit=1,  # resuming needs only the latest
-        report_to="none",
-        disable_tqdm=True,  # TokenThroughputCallback shows the bar
-        include_num_input_tokens_seen="non_padding",
-        dataloader_pin_memory=device.type == "cuda",
-        eval_strategy="no",
     )
 
 
@@ -342,15 +288,19 @@ def _carry_forward(
     fingerprint: dict,
 ) -> dict:
     """No pairs to learn from: the new simulator is the previous one, unchanged."""
-    log.warning("DPO skipped: %s; the previous simulator (%s) is carried forward unchanged", reason, previous_dir or "base model")
+    log.warning(
+        "DPO skipped: %s; the previous simulator (%s) is carried forward unchanged", reason, previous_dir or "base model"
+    )
     summary = {
         "skipped": True,
         "reason": reason,
         **counts,
+        "epochs": params.epochs,
         "steps": 0,
         **_metric_summary([]),
         "precision": None,
         "trainable_params": 0,
+        "total_params": None,
     }
     manifest = {
         "kind": "simulator",
@@ -397,7 +347,7 @@ def run_dpo(
     """
     pairs_file, base_model_dir, out_dir = Path(pairs_file), Path(base_model_dir), Path(out_dir)
     previous_dir = Path(previous_adapter_dir) if previous_adapter_dir is not None else None
-    adapter_dir = simulator_adapter_dir(previous_dir) if previous_dir is not None else None
+    adapter_dir = resolve_simulator_adapter(previous_dir) if previous_dir is not None else None
     pairs = read_pairs(pairs_file)
     train_pairs, counts = select_train_pairs(pairs, params)
     fingerprint = {
@@ -408,7 +358,16 @@ def run_dpo(
     }
     if train_pairs.empty:
         return _carry_forward(
-            "no preference pairs", params, base_model_dir, previous_dir, adapter_dir, out_dir, report_file, loss_file, counts, fingerprint
+            "no preference pairs",
+            params,
+            base_model_dir,
+            previous_dir,
+            adapter_dir,
+            out_dir,
+            report_file,
+            loss_file,
+            counts,
+            fingerprint,
         )
 
     precision = resolve_precision(params.precision)
@@ -470,5 +429,7 @@ def run_dpo(
     write_loss_csv(Path(loss_file), trainer.state.log_history)
     io.write_json_atomic(report_file, summary)
     shutil.rmtree(run_dir, ignore_errors=True)  # published: the checkpoints are no longer needed
-    log.info("DPO adapter written to %s (%d steps, %.0f tokens/s)", out_dir, summary["steps"], throughput.tokens_per_second)
+    log.info(
+        "DPO adapter written to %s (%d steps, %.0f tokens/s)", out_dir, summary["steps"], throughput.tokens_per_second
+    )
     return summary

@@ -38,6 +38,7 @@ from dial.training.common import (
     resolve_precision,
     run_key,
     save_adapter,
+    shared_trainer_arguments,
     score_labelled_positions_only,
     sha256_dir,
     sha256_files,
@@ -95,39 +96,10 @@ def sft_config(params: SftParams, precision: ResolvedPrecision, output_dir: Path
     """
     from trl import SFTConfig
 
-    device = training_device()
     return SFTConfig(
-        output_dir=str(output_dir),
-        num_train_epochs=params.epochs,
-        per_device_train_batch_size=params.batch_size,
-        gradient_accumulation_steps=params.gradient_accumulation_steps,
-        learning_rate=params.learning_rate,
-        lr_scheduler_type=params.lr_scheduler,
-        warmup_steps=params.warmup_ratio,  # transformers 5: a float < 1 is a ratio (warmup_ratio is gone)
-        max_grad_norm=params.max_grad_norm,
-        weight_decay=params.weight_decay,
-        bf16=precision == "bf16",  # autocast; the weights stay fp32
-        fp16=False,
-        use_cpu=device.type == "cpu",
-        # transformers 5 renamed gradient_checkpointing; the new name wins over trl's old-name default (True).
-        activation_checkpointing=params.gradient_checkpointing,
-        seed=params.seed,
-        data_seed=params.seed,
-        # Data: samples arrive within budget (skipped, never truncated), so no max_length.
-        max_length=None,
+        **shared_trainer_arguments(params, precision, output_dir),
         packing=False,
         completion_only_loss=True,
-        dataset_num_proc=None,
-        # Logging and checkpoints
-        logging_steps=params.logging_steps,
-        save_strategy="steps",
-        save_steps=params.save_steps,
-        save_total_limit=1,  # resuming needs only the latest
-        report_to="none",
-        disable_tqdm=True,  # TokenThroughputCallback shows the bar
-        include_num_input_tokens_seen="non_padding",
-        dataloader_pin_memory=device.type == "cuda",
-        eval_strategy="no",
     )
 
 

@@ -26,43 +26,11 @@ from pydantic import Field, model_validator
 from dial.errors import DialError
 from dial.params import OpenAIEndpointParams, Section
 from dial.schemas import ROLES
+from dial.params import JudgeEndpointParams, JudgeParams  # noqa: F401 (defined with the other params)
 
 ISSUE_COLUMNS = ["item_id", "turn_index", "group", "category", "evidence", "judge"]
 ACTION_COLUMNS = ["item_id", "turn_index", "group", "action", "judge"]
 OPAQUE_ID_CHARS = 16  # hex digits of sha256: 64 bits, collisions are checked anyway
-
-
-# --------------------------------------------------------------------------------------------
-# Params (the lead moves these into dial.params)
-
-
-class JudgeEndpointParams(OpenAIEndpointParams):
-    """The LLM judge's OpenAI-compatible endpoint (same fields as the other endpoints, plus concurrency)."""
-
-    model: str = ""
-    max_tokens: int = Field(default=2048, gt=0)  # one JSON annotation of a whole session
-    max_concurrency: int = Field(default=4, gt=0)  # sessions judged in parallel
-    seed: int | None = 0  # sent to endpoints that honour it (vLLM, llama.cpp, OpenAI); None = not sent
-
-
-class JudgeParams(Section):
-    """Which judge annotates issues and user actions (docs/judges.md)."""
-
-    # rules: offline, deterministic text rules; openai: an LLM behind any OpenAI-compatible endpoint.
-    backend: Literal["rules", "openai"] = "rules"
-    taxonomy: str = "taxonomy.yaml"  # issue categories and user actions (repo-relative path)
-    openai: JudgeEndpointParams = Field(default_factory=JudgeEndpointParams)
-    # LLM replies that are not valid JSON for the taxonomy/session are re-asked (with the problem
-    # named) this many times before the stage stops with an error naming the item.
-    max_invalid_replies: int = Field(default=2, ge=0)
-    cache_dir: str = ".dial/judge-cache"  # LLM annotations by content hash: a re-run costs nothing
-    id_salt: str = "dial-judge-v1"  # salt of the opaque item ids (opaque_id)
-
-    @model_validator(mode="after")
-    def _openai_needs_model(self) -> "JudgeParams":
-        if self.backend == "openai" and not self.openai.model:
-            raise ValueError("judge.openai.model is required when judge.backend is 'openai'")
-        return self
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,146 @@
+"""`dial evaluate-chatbot`: the offline test a team runs before deploying a chatbot.
+
+A trained simulator plays held-out real users (their contexts) against one or more chatbots, the
+configured judge annotates every session, and each chatbot gets its issue rate (% of its
+messages with at least one issue, with the binomial standard error) and category breakdown. With
+two chatbots, the first is the control and the second the treatment of a two-proportion z-test
+(the paper's A/B replication, table 5).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from dial import io, paths
+from dial.errors import DialError
+from dial.evaluation import stats
+from dial.evaluation.judges import build_judge, judge_inputs
+from dial.evaluation.taxonomy import load_taxonomy
+from dial.params import Params
+
+log = logging.getLogger(__name__)
+
+
+def chatbot_issue_summary(messages: pd.DataFrame, sessions: pd.DataFrame, issues: pd.DataFrame, item_sessions: dict) -> dict:
+    """Per chatbot: issue rate over its messages (+ SE) and the count of each issue category."""
+    chatbot_of = dict(zip(sessions["session_id"].astype(str), sessions["chatbot_id"].astype(str)))
+    chatbot_messages = messages[messages["role"] == "assistant"].copy()
+    chatbot_messages["chatbot_id"] = chatbot_messages["session_id"].astype(str).map(chatbot_of)
+    found = issues.assign(session_id=issues["item_id"].map(item_sessions))
+    role_of = {(str(s), int(t)): r for s, t, r in zip(messages["session_id"], messages["turn_index"], messages["role"])}
+    found = found[[role_of.get((s, int(t))) == "assistant" for s, t in zip(found["session_id"], found["turn_index"])]]
+    found = found.assign(chatbot_id=found["session_id"].map(chatbot_of))
+    summary = {}
+    for chatbot_id, own in chatbot_messages.groupby("chatbot_id", sort=True):
+        flagged = found[found["chatbot_id"] == chatbot_id]
+        k = len(flagged.drop_duplicates(["session_id", "turn_index"]))
+        categories = flagged.drop_duplicates(["session_id", "turn_index", "category"])["category"].value_counts()
+        summary[chatbot_id] = {
+            **stats.proportion(k, len(own)),
+            "sessions": int(own["session_id"].nunique()),
+            "categories": {str(c): int(n) for c, n in sorted(categories.items(), key=lambda item: (-item[1], item[0]))},
+        }
+    return summary
+
+
+def evaluate_chatbots(
+    params: Params,
+    simulator_id: str,
+    chatbot_names: Sequence[str],
+    n_contexts: int,
+    n_simulations: int,
+    out_dir: Path | None = None,
+    progress: bool = True,
+) -> dict:
+    """Simulate `n_contexts` held-out contexts × `n_simulations` against each named chatbot (from
+    `params.chatbots`), judge every session, and summarise per chatbot (+ A/B test for two)."""
+    from dial.chatbots import make_chatbots
+    from dial.generation import ChatGenerator
+    from dial.simulate import Simulation, plan_sessions, select_contexts, to_frames
+
+    configured = {chatbot.name: chatbot for chatbot in params.chatbots}
+    unknown = [name for name in chatbot_names if name not in configured]
+    if unknown or not chatbot_names:
+        raise DialError(f"evaluate-chatbot: unknown chatbot(s) {unknown or '(none given)'}; params.yaml has {sorted(configured)}")
+    adapter = paths.simulator_adapter_dir(simulator_id)
+    if adapter is not None and not (adapter / "adapter_config.json").exists():
+        raise DialError(f"{adapter}: simulator {simulator_id!r} is not trained yet (run `dvc repro`)")
+    simulate_params = params.simulate.model_copy(update={"n_contexts": n_contexts, "n_simulations": n_simulations})
+
+    sessions = io.SESSIONS.read(paths.sessions_file(paths.SCRUBBED_DIR))
+    messages = io.MESSAGES.read(paths.messages_file(paths.SCRUBBED_DIR))
+    contexts = io.CONTEXTS.read(paths.CONTEXTS_FILE)
+    splits = io.SPLITS.read(paths.SPLITS_FILE)
+    selected = select_contexts(contexts, sessions, messages, splits, simulate_params)
+    states = plan_sessions(selected, list(chatbot_names), simulator_id, simulate_params)
+    real_assistant = (
+        messages[messages["role"] == "assistant"].sort_values(["session_id", "turn_index"]).groupby("session_id")["text"].agg(list).to_dict()
+    )
+    simulator = ChatGenerator.load(paths.BASE_MODEL_DIR, adapter, simulate_params.precision, simulate_params.batch_size)
+    chatbots = make_chatbots([configured[name] for name in chatbot_names], paths.BASE_MODEL_DIR, real_assistant,
+                             simulate_params.precision, simulate_params.batch_size)
+    try:
+        Simulation(simulator, chatbots, simulate_params, params.sft_samples.end_marker).run(states, progress=progress)
+    finally:
+        for chatbot in chatbots:
+            chatbot.close()
+    sim_sessions, sim_messages, simulations = to_frames(states, simulator_id)
+
+    taxonomy = load_taxonomy(params.judge.taxonomy)
+    items, item_sessions = judge_inputs(sim_messages, salt=params.judge.id_salt)
+    with build_judge(params.judge, taxonomy) as judge:
+        issues, user_actions = judge.annotate(items, progress=progress)
+
+    per_chatbot = chatbot_issue_summary(sim_messages, sim_sessions, issues, item_sessions)
+    result = {
+        "simulator": simulator_id,
+        "judge": params.judge.backend,
+        "sessions": int(len(sim_sessions)),
+        "stop_reasons": {str(k): int(v) for k, v in simulations["stop_reason"].value_counts().sort_index().items()},
+        "chatbots": per_chatbot,
+    }
+    if len(chatbot_names) == 2:
+        control, treatment = (per_chatbot.get(name, {"k": 0, "n": 0}) for name in chatbot_names)
+        result["ab_test"] = {
+            "control": chatbot_names[0],
+            "treatment": chatbot_names[1],
+            **stats.two_proportion_z_test(control["k"], control["n"], treatment["k"], treatment["n"]),
+        }
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        io.SESSIONS.write(sim_sessions, paths.sessions_file(out_dir))
+        io.MESSAGES.write(sim_messages, paths.messages_file(out_dir))
+        io.SIMULATIONS.write(simulations, out_dir / "simulations.parquet")
+        io.ISSUES.write(issues, out_dir / "issues.parquet")
+        io.USER_ACTIONS.write(user_actions, out_dir / "user_actions.parquet")
+        io.write_json_atomic(out_dir / "summary.json", result)
+    return result
+
+
+def render_summary(result: dict) -> str:
+    """The summary as a short plain-text report."""
+    lines = [f"simulator {result['simulator']}, judge {result['judge']}, {result['sessions']} sessions "
+             f"(stop reasons: {', '.join(f'{k} {v}' for k, v in result['stop_reasons'].items())})", ""]
+    lines.append(f"{'chatbot':<20} {'sessions':>8} {'messages':>8} {'issue rate':>11} {'± se':>7}")
+    for name, row in result["chatbots"].items():
+        rate = "—" if row["rate"] is None else f"{100 * row['rate']:.2f}%"
+        se = "—" if row["se"] is None else f"{100 * row['se']:.2f}"
+        lines.append(f"{name:<20} {row['sessions']:>8} {row['n']:>8} {rate:>11} {se:>7}")
+    for name, row in result["chatbots"].items():
+        if row["categories"]:
+            lines.append(f"\n{name}: " + "; ".join(f"{category} {n}" for category, n in row["categories"].items()))
+    ab = result.get("ab_test")
+    if ab:
+        lines.append("")
+        if ab["z"] is None:
+            lines.append(f"A/B {ab['control']} → {ab['treatment']}: z-test undefined (an empty arm or no issues at all)")
+        else:
+            lines.append(
+                f"A/B {ab['control']} → {ab['treatment']}: issue rate {100 * ab['control_rate']:.2f}% → "
+                f"{100 * ab['treatment_rate']:.2f}% (difference {100 * ab['difference']:+.2f} pp), z = {ab['z']:.2f}, p = {ab['p']:.3g}"
+            )
+    return "\n".join(lines)
