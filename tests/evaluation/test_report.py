@@ -13,7 +13,8 @@ import pytest
 from dial import io
 from dial.errors import DialError
 from dial.evaluation import report
-from dial.evaluation.evaluate import AbPair, EvaluateParams, evaluate, termination_decoding, write_reports
+from dial.evaluation.evaluate import AbPair, EvaluateParams, evaluate, termination_decoding
+from dial.evaluation.report import write_reports
 from dial.params import DecodingParams
 
 WORDS = "i feel sad today my job is hard and the boss never listens so tired of it all maybe tomorrow better".split()

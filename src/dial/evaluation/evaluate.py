@@ -294,11 +294,7 @@ def evaluate(
             )
             for pair in params.ab_pairs
         }
-    tsne = "off"
-    if params.tsne.enabled:
-        # Not implemented yet: needs an offline sentence-embedding package and t-SNE (sklearn).
-        tsne = "skipped: no offline embedding backend is implemented"
-        log.warning("evaluate: t-SNE picture %s", tsne)
+    tsne = "on" if params.tsne.enabled else "off"  # the picture itself: dial.evaluation.embeddings
     unknown = sorted(set(discriminator_reports) - set(order)) + sorted(set(termination) - set(order))
     if unknown:
         raise DialError(f"evaluate: reports for unknown group(s) {unknown}; groups are {order}")
@@ -324,11 +320,6 @@ def _chatbot_counts(group: dict) -> dict[str, tuple[int, int]]:
     return {c: (v["k"], v["n"]) for c, v in issues["per_chatbot"].items()}
 
 
-def write_reports(metrics: dict, reports_dir, loss_files: Mapping[str, object] | None = None) -> list:
-    """See `dial.evaluation.report.write_reports` (re-exported for the stage)."""
-    from dial.evaluation.report import write_reports as _write
-
-    return _write(metrics, reports_dir, loss_files=loss_files)
 
 
 def dumps(metrics: dict) -> str:

@@ -536,6 +536,12 @@ def render_markdown(metrics: dict, figures: Mapping[str, str], category_simulato
     lines += ["", "At every position after a chatbot turn of held-out real sessions: did the simulator end the", "conversation where the real user did?", ""]
     if "losses" in figures:
         lines += ["## Training loss", "", f"![training loss]({figures['losses']})", ""]
+    tsne_status = str(metrics.get("settings", {}).get("tsne", "off"))
+    if "tsne" in figures:
+        lines += ["## Real vs simulated sessions (appendix B.1)", "", f"![t-SNE of session embeddings]({figures['tsne']})", "",
+                  "Sentence embeddings of each session's user messages (all-MiniLM-L6-v2), t-SNE to 2-D: overlapping", "clouds mean the simulated users write like the real ones.", ""]
+    elif tsne_status.startswith("skipped"):
+        lines += ["## Real vs simulated sessions (appendix B.1)", "", f"t-SNE picture {tsne_status}.", ""]
     judge = metrics.get("judge", {})
     if judge.get("n_judged_sessions_outside_groups"):
         lines += [f"Judged sessions outside every group (not counted): {judge['n_judged_sessions_outside_groups']}.", ""]
@@ -564,7 +570,9 @@ def _write_bytes(path: Path, payload: bytes) -> None:
         tmp.write_bytes(payload)
 
 
-def write_reports(metrics: dict, reports_dir, loss_files: Mapping[str, object] | None = None) -> list[Path]:
+def write_reports(
+    metrics: dict, reports_dir, loss_files: Mapping[str, object] | None = None, extra_figures: Mapping[str, bytes] | None = None
+) -> list[Path]:
     """metrics.json, report.md, figures/*.png and plots/*.csv under `reports_dir` (module docstring).
     Returns the written paths. Figures without data are not drawn (and not referenced)."""
     reports_dir = Path(reports_dir)
@@ -577,6 +585,7 @@ def write_reports(metrics: dict, reports_dir, loss_files: Mapping[str, object] |
         "issue_rates": figure_issue_rates(metrics),
         "user_actions": figure_user_actions(metrics),
         "losses": figure_losses({k: Path(v) for k, v in (loss_files or {}).items()}),
+        **dict(extra_figures or {}),  # e.g. the t-SNE picture (dial.evaluation.embeddings)
     }
     deltas = figure_category_deltas(metrics)
     if deltas is not None:

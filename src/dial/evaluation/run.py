@@ -22,7 +22,8 @@ import pandas as pd
 from dial import io, paths
 from dial.errors import DialError
 from dial.evaluation import realism
-from dial.evaluation.evaluate import evaluate, termination_decoding, write_reports
+from dial.evaluation.evaluate import evaluate, termination_decoding
+from dial.evaluation.report import write_reports
 from dial.evaluation.judges import build_judge, judge_inputs
 from dial.evaluation.taxonomy import load_taxonomy
 from dial.params import Params
@@ -81,6 +82,30 @@ def termination_probe(params: Params, simulator: str, real_sessions, real_messag
     )
 
 
+def tsne_picture(params: Params, real_messages: pd.DataFrame, simulated: dict) -> tuple[str, bytes | None]:
+    """(status, PNG or None) of the optional t-SNE picture of real vs simulated sessions."""
+    from dial.evaluation import embeddings
+
+    model_dir = embeddings.embedding_model_dir(paths.EMBEDDING_MODEL_CACHE)
+    if model_dir is None:
+        status = f"skipped: no offline embedding model installed ({embeddings.INSTALL_HINT})"
+        log.warning("evaluate: t-SNE picture %s", status)
+        return status, None
+    tsne_params = params.evaluate.tsne
+    groups = {"real": real_messages, **{name: messages for name, (_, messages, _) in simulated.items()}}
+    texts, labels = [], []
+    for name, messages in groups.items():
+        users = messages[messages["role"] == "user"].sort_values(["session_id", "turn_index"])
+        by_session = users.groupby("session_id")["text"].agg(lambda parts: "\n".join(parts))
+        for session_id in embeddings.sample_sessions(by_session.index, tsne_params.max_sessions_per_group, params.seed):
+            texts.append(by_session[session_id])
+            labels.append(name)
+    vectors = embeddings.embed_texts(model_dir, texts)
+    layout = embeddings.tsne(vectors, tsne_params.perplexity, seed=params.seed)
+    log.info("evaluate: t-SNE of %d sessions", len(texts))
+    return f"on: {len(texts)} sessions", embeddings.tsne_figure(layout, labels, list(groups))
+
+
 def run_evaluate(params: Params, simulator_ids: Sequence[str], data_dir: Path, reports_dir: Path, progress: bool = True) -> dict:
     """Judge, measure and report every simulator against the real held-out sessions."""
     simulated = load_simulated(simulator_ids)
@@ -125,8 +150,15 @@ def run_evaluate(params: Params, simulator_ids: Sequence[str], data_dir: Path, r
         issue_categories=[category.name for category in taxonomy.categories],
         action_groups={action.name: action.group for action in taxonomy.actions},
     )
+    extra_figures = {}
+    if params.evaluate.tsne.enabled:
+        status, png = tsne_picture(params, real_messages, simulated)
+        metrics["settings"]["tsne"] = status
+        if png is not None:
+            extra_figures["tsne"] = png
     loss_files = {"sft": paths.SFT_LOSS}
     loss_files.update({simulator: paths.dpo_loss_file(simulator) for simulator in simulator_ids if simulator.startswith("it")})
-    write_reports(metrics, reports_dir, loss_files={name: path for name, path in loss_files.items() if Path(path).exists()})
+    write_reports(metrics, reports_dir, loss_files={name: path for name, path in loss_files.items() if Path(path).exists()},
+                  extra_figures=extra_figures)
     log.info("evaluate: wrote %s/metrics.json and %s/report.md", reports_dir, reports_dir)
     return metrics
