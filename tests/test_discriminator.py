@@ -321,3 +321,12 @@ def test_shallow_backbone_is_saved_and_restored(tiny_model_dir, tmp_path):
     scores = score_sessions(loaded, tokenizer, sim_s, sim_m, contexts, "user_only")
     again = score_sessions(load_discriminator(tmp_path / "d", tiny_model_dir)[0], tokenizer, sim_s, sim_m, contexts, "user_only")
     assert np.allclose(scores["logit"], again["logit"], equal_nan=True)
+
+
+def test_encoding_leaves_the_tokenizer_as_it_was(tiny_tokenizer):
+    """Texts are tokenised with special tokens split, without leaking that setting into the shared
+    tokenizer (transformers 5 keeps it set on the fast backend after a call)."""
+    before = tiny_tokenizer("<|im_start|>hi", add_special_tokens=False)["input_ids"]
+    SessionEncoder(tiny_tokenizer).encode(CONTEXT, TURNS, session_id="x")
+    assert tiny_tokenizer("<|im_start|>hi", add_special_tokens=False)["input_ids"] == before
+    assert tiny_tokenizer.backend_tokenizer.encode_special_tokens is False

@@ -174,7 +174,15 @@ class SessionEncoder:
     def _texts(self, texts: list[str]) -> list[list[int]]:
         if not texts:
             return []
-        return self.tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        # transformers 5 leaves `split_special_tokens=True` set on the fast backend after the call,
+        # which would silently change every later tokenisation with this tokenizer: restore it.
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        before = backend.encode_special_tokens if backend is not None else None
+        try:
+            return self.tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        finally:
+            if backend is not None:
+                backend.encode_special_tokens = before
 
     def encode(
         self,

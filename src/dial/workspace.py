@@ -58,9 +58,24 @@ def copy_project(repo: Path, dest: Path, params_override: dict | None = None) ->
 
 
 def stage_order(root: Path) -> list[str]:
-    """The stages `dvc repro` would run in `root`, in its order."""
-    dry = run(["dvc", "repro", "--dry"], root).stdout
-    return [line.split("'")[1] for line in dry.splitlines() if line.startswith("Running stage '")]
+    """Every stage of `root`'s pipeline in a dependency order (`dvc dag` edges, ties broken by
+    the order of `dvc stage list`)."""
+    import re
+    from graphlib import TopologicalSorter
+
+    listed = [line.split()[0] for line in run(["dvc", "stage", "list"], root).stdout.splitlines() if line.strip()]
+    rank = {name: i for i, name in enumerate(listed)}
+    graph: dict[str, set[str]] = {name: set() for name in listed}
+    for source, target in re.findall(r'"([^"]+)" -> "([^"]+)"', run(["dvc", "dag", "--dot"], root).stdout):
+        graph.setdefault(target, set()).add(source)
+    sorter = TopologicalSorter(graph)
+    sorter.prepare()
+    order = []
+    while sorter.is_active():
+        ready = sorted(sorter.get_ready(), key=lambda name: rank.get(name, len(rank)))
+        order.extend(ready)
+        sorter.done(*ready)
+    return order
 
 
 def repro_timed(root: Path, stages: list[str] | None = None) -> list[dict]:
