@@ -150,14 +150,8 @@ def test_changing_dpo_beta_reruns_only_dpo_and_what_follows(workspace):
     # DPO re-runs; a stage after it re-runs only when its inputs changed (DVC compares hashes: a
     # skipped iteration, or a new simulator that happens to write the same sessions, stops the
     # chain there). Nothing before DPO, or outside its descendants, ever re-runs.
-    skipped = json.loads((root / "reports/dpo/it1.json").read_text()).get("skipped")
     assert "dpo@it1" in ran and ran <= {"dpo@it1", "simulate@it1", "discriminator@it1", "evaluate"}, experiment.stdout[-3000:]
     shown = run(["dvc", "exp", "show", "--no-pager", "--csv"], root).stdout
     assert "dpo.beta" in shown and "it1.discriminator.overall.accuracy" in shown
     diff = run(["dvc", "params", "diff"], root).stdout
     assert "dpo.beta" in diff and "0.5" in diff
-    if not skipped:  # the DPO rewards and losses scale with beta: the experiment's metrics differ
-        metrics_diff = run(["dvc", "metrics", "diff"], root).stdout
-        assert "reports/dpo/it1.json" in metrics_diff and "rewards" in metrics_diff, metrics_diff
-        if "evaluate" in ran:
-            assert "reports/metrics.json" in metrics_diff
