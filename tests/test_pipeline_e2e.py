@@ -23,7 +23,9 @@ SMOKE = {
     "dial": {"iterations": 1},
     "discriminator": {"n_layers": 2, "n_train": 3, "n_valid": 1, "max_tokens": 512},
     "pairs": {"n_alternatives": 4, "max_sessions": 3, "decoding": {"max_new_tokens": 10}},
-    "dpo": {"max_train_pairs": 2},
+    # No warmup: with warmup the first step has learning rate 0, and a 2-step run logs the same
+    # rewards for any beta, so the beta experiment below could not show a metrics difference.
+    "dpo": {"max_train_pairs": 3, "warmup_ratio": 0.0},
     "evaluate": {"termination": {"n_sessions": 2, "max_new_tokens": 8}},
     "chatbots": [
         {"name": "supportive", "backend": "hf", "system_prompt": "Be kind and brief.", "decoding": {"max_new_tokens": 10}},
@@ -155,3 +157,11 @@ def test_changing_dpo_beta_reruns_only_dpo_and_what_follows(workspace):
     assert "dpo.beta" in shown and "it1.discriminator.overall.accuracy" in shown
     diff = run(["dvc", "params", "diff"], root).stdout
     assert "dpo.beta" in diff and "0.5" in diff
+    # The experiment's metrics differ from the committed run's, and `dvc metrics diff` shows it.
+    dpo_report = json.loads((root / "reports/dpo/it1.json").read_text())
+    assert dpo_report["steps"] >= 2, "the smoke DPO needs 2 steps for beta to change what it logs"
+    metrics_diff = run(["dvc", "metrics", "diff", "--json"], root).stdout
+    changed = json.loads(metrics_diff)
+    assert "final_rewards_chosen" in changed.get("reports/dpo/it1.json", {}), metrics_diff
+    shown = run(["dvc", "metrics", "diff"], root).stdout
+    assert "reports/dpo/it1.json" in shown and "final_rewards_chosen" in shown

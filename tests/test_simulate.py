@@ -1,7 +1,6 @@
 """The simulation engine: lockstep batched rollouts, stop reasons, guardrails, seeds, resume."""
 
 import json
-from pathlib import Path
 
 import pandas as pd
 import pytest

@@ -765,7 +765,7 @@ def train_discriminator(
     ids of each split and class)."""
     from dial import io
     from dial.models import load_tokenizer
-    from dial.training.common import atomic_output_dir, parameter_counts, resolve_precision, save_adapter, sha256_dir, training_device
+    from dial.training.common import parameter_counts, resolve_precision, save_adapter, sha256_dir, training_device
 
     base_model_dir, out_dir = Path(base_model_dir), Path(out_dir)
     tokenizer = load_tokenizer(base_model_dir)
@@ -822,7 +822,7 @@ def train_discriminator(
         "seed": params.seed,
         **summary,
     }
-    with atomic_output_dir(out_dir) as staging:
+    with io.atomic_output_dir(out_dir) as staging:
         save_adapter(model, tokenizer, staging)
         io.write_json_atomic(staging / SELECTION_FILE, selection.ids())
         io.write_json_atomic(staging / MANIFEST, manifest)

@@ -27,13 +27,12 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
 from dial.errors import DialError
+from dial.io import atomic_output_dir
 from dial.params import BaseModelParams
 
 log = logging.getLogger(__name__)
@@ -82,7 +81,7 @@ def materialise_base_model(params: BaseModelParams, out_dir: Path) -> Path:
 
     prepare_tokenizer(tokenizer, model)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with _staging_dir(out_dir) as staging:
+    with atomic_output_dir(out_dir) as staging:
         log.info("saving model and tokenizer into %s", staging)
         model.save_pretrained(staging, max_shard_size="1000GB")
         tokenizer.save_pretrained(staging)
@@ -370,26 +369,6 @@ def _load_pretrained(name_or_path: str):
 # --------------------------------------------------------------------------------------------
 # Saving helpers
 # --------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _staging_dir(out_dir: Path) -> Iterator[Path]:
-    """A temporary folder beside `out_dir`, renamed over it if the block succeeds."""
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    old: Path | None = None
-    try:
-        yield staging
-        os.chmod(staging, 0o755)
-        for path in staging.iterdir():
-            os.chmod(path, 0o644)  # some files are written via mkstemp (0600)
-        if out_dir.exists() or out_dir.is_symlink():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
-            os.replace(out_dir, old / "previous")
-        os.replace(staging, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
 
 
 def _check_saved_tokenizer(model_dir: Path) -> None:

@@ -69,7 +69,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
-from pydantic import Field
 from tqdm.auto import tqdm
 
 from dial.discriminator import (
@@ -85,7 +84,6 @@ from dial.discriminator import (
     score_sessions,
 )
 from dial.errors import DialError
-from dial.params import DecodingParams, Precision, Section
 from dial.prompting import DEFAULT_END_MARKER, is_end_of_conversation, simulator_messages
 from dial.rewards import critical_points, message_rewards
 from dial.simulate import stable_seed

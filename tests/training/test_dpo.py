@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import TrainerCallback
+from trainer_helpers import InterruptAt, Interrupted, RecordStart, adapter_weights
 
 torch.set_num_threads(1)  # the tiny model gains nothing from threads; the machine is shared
 
@@ -126,10 +126,6 @@ def run(tmp_path, pairs_path, tiny_model_dir, previous, name="run", params=None,
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory, pairs_path, tiny_model_dir, previous_adapter_dir):
     return run(tmp_path_factory.mktemp("dpo_first"), pairs_path, tiny_model_dir, previous_adapter_dir)
-
-
-def adapter_weights(model_dir) -> dict[str, torch.Tensor]:
-    return load_file(str(model_dir / ADAPTER_WEIGHTS))
 
 
 def completion_log_prob(model, tokenizer, prompt: list[dict], text: str) -> float:
@@ -275,26 +271,6 @@ def test_zero_pairs_carry_the_previous_simulator_forward(
     assert sorted(path.name for path in (again / "model").iterdir()) == [MANIFEST]
     with pytest.raises(DialError, match="not a simulator folder"):
         resolve_simulator_adapter(tmp_path)
-
-
-class Interrupted(Exception):
-    pass
-
-
-class InterruptAt(TrainerCallback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            raise Interrupted(f"killed at step {self.step}")
-
-
-class RecordStart(TrainerCallback):
-    start_step: int | None = None
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.start_step = state.global_step
 
 
 def test_interrupted_run_resumes_from_its_checkpoint(

@@ -8,8 +8,8 @@ import json
 import pandas as pd
 import pytest
 import torch
-from safetensors.torch import load_file
 from transformers import TrainerCallback
+from trainer_helpers import InterruptAt, Interrupted, RecordStart, adapter_weights
 
 from dial import io
 from dial.params import SftParams
@@ -111,10 +111,6 @@ def first_run(tmp_path_factory, samples_path, tiny_model_dir):
     return run(tmp_path_factory.mktemp("sft_first"), samples_path, tiny_model_dir)
 
 
-def adapter_weights(model_dir) -> dict[str, torch.Tensor]:
-    return load_file(str(model_dir / "adapter_model.safetensors"))
-
-
 # --------------------------------------------------------------------------------------------
 
 
@@ -191,26 +187,6 @@ def test_same_inputs_give_identical_adapter_and_reports(first_run, samples_path,
     # A different seed gives a different adapter (the comparison above is not vacuous).
     other, _ = run(tmp_path, samples_path, tiny_model_dir, name="seed1", params=tiny_params(seed=1))
     assert not torch.equal(adapter_weights(other / "model")[next(iter(first))], first[next(iter(first))])
-
-
-class Interrupted(Exception):
-    pass
-
-
-class InterruptAt(TrainerCallback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            raise Interrupted(f"killed at step {self.step}")
-
-
-class RecordStart(TrainerCallback):
-    start_step: int | None = None
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.start_step = state.global_step
 
 
 def test_interrupted_run_resumes_from_its_checkpoint(first_run, samples_path, tiny_model_dir, tmp_path):

@@ -34,11 +34,10 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from pydantic import Field
 
 from dial.errors import DialError
 from dial.evaluation import lexical, realism, stats
-from dial.params import DecodingParams, Section
+from dial.params import DecodingParams
 from dial.params import AbPair, TerminationParams, TsneParams, EvaluateParams  # noqa: F401 (defined with the other params)
 
 log = logging.getLogger(__name__)

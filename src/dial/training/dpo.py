@@ -44,10 +44,9 @@ import logging
 import shutil
 import warnings
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Sequence
 
 import pandas as pd
-from pydantic import Field
 
 from dial import io
 from dial.errors import DialError
@@ -55,7 +54,6 @@ from dial.params import DpoParams, LoraParams, LossType, Precision, Section  # n
 from dial.training.common import (
     ResolvedPrecision,
     TokenThroughputCallback,
-    atomic_output_dir,
     checkpoint_run_dir,
     latest_checkpoint,
     logged_losses,
@@ -315,7 +313,7 @@ def _carry_forward(
         "params": params.model_dump(mode="json"),
         **counts,
     }
-    with atomic_output_dir(out_dir) as staging:
+    with io.atomic_output_dir(out_dir) as staging:
         if previous_adapter_dir is not None:
             for path in sorted(Path(previous_adapter_dir).iterdir()):
                 if path.is_file() and path.name != MANIFEST:
@@ -423,7 +421,7 @@ def run_dpo(
         "params": params.model_dump(mode="json"),
         **summary,
     }
-    with atomic_output_dir(out_dir) as staging:
+    with io.atomic_output_dir(out_dir) as staging:
         save_adapter(model, trainer.processing_class, staging)
         io.write_json_atomic(staging / MANIFEST, manifest)
     write_loss_csv(Path(loss_file), trainer.state.log_history)

@@ -28,7 +28,6 @@ from dial.params import SftParams
 from dial.training.common import (
     ResolvedPrecision,
     TokenThroughputCallback,
-    atomic_output_dir,
     checkpoint_run_dir,
     latest_checkpoint,
     logged_losses,
@@ -216,7 +215,7 @@ def run_sft(
         "seed": params.seed,
         **summary,
     }
-    with atomic_output_dir(out_dir) as staging:
+    with io.atomic_output_dir(out_dir) as staging:
         save_adapter(trainer.model, trainer.processing_class, staging)
         io.write_json_atomic(staging / MANIFEST, manifest)
     write_loss_csv(Path(loss_path), trainer.state.log_history)

@@ -18,13 +18,11 @@ from __future__ import annotations
 import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Sequence
 
 import pandas as pd
-from pydantic import Field, model_validator
 
 from dial.errors import DialError
-from dial.params import OpenAIEndpointParams, Section
 from dial.schemas import ROLES
 from dial.params import JudgeEndpointParams, JudgeParams  # noqa: F401 (defined with the other params)
 
