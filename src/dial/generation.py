@@ -61,9 +61,14 @@ def load_chat_model(model_dir: Path, adapter_dir: Path | None = None, precision:
     device = device or default_device()
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     if adapter_dir is not None:
+        import warnings
+
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()  # merged: plain, fast forward
+        with warnings.catch_warnings():
+            # peft 0.21 reads transformers 5's deprecated `is_gradient_checkpointing`: noise, not our call.
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+            model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()  # merged: plain, fast forward
     model = model.to(device=device, dtype=resolve_dtype(precision, device)).eval()
     tokenizer = load_tokenizer(adapter_dir if adapter_dir is not None and (Path(adapter_dir) / "tokenizer.json").exists() else model_dir)
     return model, tokenizer
