@@ -82,3 +82,46 @@ def test_too_long_prompt_is_a_clear_error(generator):
     long = [{"role": "system", "content": "word " * 20000}]
     with pytest.raises(ValueError, match="exceed the model's"):
         generator.generate([long], DecodingParams(max_new_tokens=4), [0])
+
+
+def reference_nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """The textbook top-p filter over the fully sorted vocabulary, renormalised (none at top_p 1)."""
+    if top_p >= 1.0:
+        return probs
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    remove_sorted = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p
+    filtered = probs.masked_fill(remove_sorted.scatter(1, order, remove_sorted), 0.0)
+    return filtered / filtered.sum(dim=-1, keepdim=True)
+
+
+@pytest.mark.parametrize("top_p", [0.3, 0.9, 0.95, 0.999, 1.0])
+@pytest.mark.parametrize("temperature", [0.3, 1.0, 3.0])
+def test_nucleus_equals_the_full_sort_filter(top_p, temperature):
+    from dial.generation import nucleus
+
+    generator = torch.Generator().manual_seed(7)
+    # Peaked and flat rows: with temperature 3 the nucleus needs far more than the first 64 tokens.
+    probs = torch.softmax(torch.randn((5, 3000), generator=generator) * 4 / temperature, dim=-1)
+    candidate_probs, candidate_ids = nucleus(probs, top_p)
+    ours = torch.zeros_like(probs).scatter(1, candidate_ids, candidate_probs)
+    ours = ours / ours.sum(dim=-1, keepdim=True)
+    assert torch.equal(ours > 0, reference_nucleus(probs, top_p) > 0)
+    assert torch.allclose(ours, reference_nucleus(probs, top_p), atol=1e-6)
+
+
+def test_sampling_follows_the_nucleus_distribution():
+    from dial.generation import sample_next
+
+    probs = torch.tensor([0.5, 0.25, 0.15, 0.06, 0.04])
+    scores = probs.log().expand(20000, -1)
+    generators = [torch.Generator().manual_seed(seed) for seed in range(len(scores))]
+    drawn = sample_next(scores, generators, temperature=1.0, top_p=0.9)
+    counts = torch.bincount(drawn, minlength=5).double()
+    expected = torch.tensor([0.5, 0.25, 0.15, 0.0, 0.0]) / 0.9  # 0.5 + 0.25 + 0.15 reaches 0.9
+    assert counts[3:].sum() == 0  # outside the nucleus: never
+    sigma = (expected * (1 - expected) / len(scores)).sqrt()
+    assert ((counts / len(scores) - expected).abs() <= 4 * sigma + 1e-12).all(), counts
+    # top_p 1: the whole vocabulary, the rarest token included.
+    everything = torch.bincount(sample_next(scores, [torch.Generator().manual_seed(s) for s in range(len(scores))], 1.0, 1.0), minlength=5)
+    assert (everything > 0).all()
+    assert abs(everything[4].item() / len(scores) - 0.04) < 4 * (0.04 * 0.96 / len(scores)) ** 0.5

@@ -75,24 +75,45 @@ def load_chat_model(model_dir: Path, adapter_dir: Path | None = None, precision:
 
 
 def sample_next(scores: torch.Tensor, generators: Sequence[torch.Generator], temperature: float, top_p: float) -> torch.Tensor:
-    """Next token of each row, drawn with that row's own generator (greedy when temperature 0)."""
+    """Next token of each row, drawn with that row's own generator (greedy when temperature 0).
+
+    Inverse-CDF sampling over the nucleus, with one uniform per row: the same distribution as
+    `torch.multinomial` on the filtered vocabulary, which draws one exponential per vocabulary
+    entry (49k for SmolLM2) and, with the full-vocabulary sort of the top-p filter, took a fifth
+    of decoding time in a simulation."""
     scores = scores.float()
     if temperature == 0:
         return scores.argmax(dim=-1)
     probs = torch.softmax(scores / temperature, dim=-1)
-    if top_p < 1.0:
-        probs = _top_p_filter(probs, top_p)
-    return torch.stack([torch.multinomial(row.cpu(), 1, generator=gen)[0] for row, gen in zip(probs, generators)]).to(scores.device)
+    candidate_probs, candidate_ids = nucleus(probs, top_p)
+    uniforms = torch.cat([torch.rand(1, generator=generator) for generator in generators]).to(probs.device)
+    cumulative = candidate_probs.cumsum(dim=-1)
+    # right=True lands on the first entry whose cumulative mass exceeds the threshold: never a
+    # zero-probability one; the clamp only guards a threshold rounded up to the total.
+    picks = torch.searchsorted(cumulative, uniforms[:, None] * cumulative[:, -1:], right=True)
+    last_kept = (candidate_probs > 0).sum(dim=-1, keepdim=True) - 1
+    picks = torch.minimum(picks, last_kept)
+    return candidate_ids.gather(1, picks)[:, 0]
 
 
-def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
-    sorted_probs, order = probs.sort(dim=-1, descending=True)
-    cumulative = sorted_probs.cumsum(dim=-1)
-    # Keep the smallest prefix whose mass reaches top_p (always at least the top token).
-    remove_sorted = cumulative - sorted_probs >= top_p
-    remove = remove_sorted.scatter(1, order, remove_sorted)
-    probs = probs.masked_fill(remove, 0.0)
-    return probs / probs.sum(dim=-1, keepdim=True)
+def nucleus(probs: torch.Tensor, top_p: float, first_k: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """(probabilities, token ids) of each row's candidates, zero outside the top-p nucleus: the
+    smallest set of most likely tokens whose mass reaches `top_p` (always at least the top token).
+
+    The nucleus is found among the top k tokens, k growing until every row's nucleus fits, instead
+    of sorting the whole vocabulary; top_p >= 1 keeps the whole vocabulary in id order."""
+    rows, vocab = probs.shape
+    if top_p >= 1.0:
+        return probs, torch.arange(vocab, device=probs.device).expand(rows, vocab)
+    k = min(vocab, first_k)
+    while True:
+        values, ids = probs.topk(k, dim=-1)  # sorted, most likely first
+        cumulative = values.cumsum(dim=-1)
+        if k == vocab or bool((cumulative[:, -1] >= top_p).all()):
+            break
+        k = min(vocab, k * 4)
+    outside = cumulative - values >= top_p  # the mass before this token already reached top_p
+    return values.masked_fill(outside, 0.0), ids
 
 
 @dataclass
@@ -298,31 +319,41 @@ class ChatGenerator:
             attention_mask[row, width - length :] = 1
         logits = torch.stack([row_logits for row_logits, _ in row_prefix])
 
-        # 3. Batched decoding; rows leave the batch when they emit an end-of-turn token.
+        # 3. Batched decoding. A row that emits an end-of-turn token stops generating; finished
+        # rows stay in the batch (fed padding, their logits ignored) until at most half of it is
+        # still generating, then the batch is compacted: compacting copies every layer's cache,
+        # while a decode step's cost is mostly reading the weights, whatever the number of rows.
         generators = [torch.Generator().manual_seed(int(seed) % (2**63)) for seed in seeds]
         generated: list[list[int]] = [[] for _ in prompts]
         ended = [False] * len(prompts)
-        alive = list(range(len(prompts)))  # batch position -> row
+        batch_rows = list(range(len(prompts)))  # batch position -> row
+        active = list(range(len(prompts)))  # batch positions still generating
         end_ids = set(self.end_token_ids)
         for step in range(decoding.max_new_tokens):
-            tokens = sample_next(logits, [generators[row] for row in alive], decoding.temperature, decoding.top_p)
-            keep = []
-            for position, (row, token) in enumerate(zip(alive, tokens.tolist())):
+            active_logits = logits if len(active) == len(batch_rows) else logits[torch.tensor(active, device=self.device)]
+            sampled = sample_next(active_logits, [generators[batch_rows[p]] for p in active], decoding.temperature, decoding.top_p)
+            tokens = torch.full((len(batch_rows),), self.pad_token_id, dtype=torch.long)
+            still = []
+            for position, token in zip(active, sampled.tolist()):
+                row = batch_rows[position]
                 generated[row].append(token)
+                tokens[position] = token
                 if token in end_ids:
                     ended[row] = True
                 else:
-                    keep.append(position)
-            if not keep or step == decoding.max_new_tokens - 1:
+                    still.append(position)
+            if not still or step == decoding.max_new_tokens - 1:
                 break
-            if len(keep) < len(alive):
-                index = torch.tensor(keep, device=self.device)
+            if len(still) <= len(batch_rows) // 2:
+                index = torch.tensor(still, device=self.device)
                 cache.batch_select_indices(index)
                 attention_mask = attention_mask[index]
-                tokens = tokens[index]
-                alive = [alive[position] for position in keep]
-            attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(alive), 1))], dim=1)
-            positions = torch.tensor([[lengths[row] + step] for row in alive], device=self.device)
+                tokens = tokens[index.cpu()]
+                batch_rows = [batch_rows[position] for position in still]
+                still = list(range(len(still)))
+            active = still
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(batch_rows), 1))], dim=1)
+            positions = torch.tensor([[lengths[row] + step] for row in batch_rows], device=self.device)
             output = self.model(
                 input_ids=tokens[:, None].to(self.device),
                 attention_mask=attention_mask,
