@@ -89,6 +89,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from dial.errors import DialError
+from dial.models import quiet_peft_deprecation
 from dial.params import DiscriminatorParams, LoraParams, Precision, View  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
@@ -347,22 +348,17 @@ def discriminator_lora_config(lora: LoraParams, model):
 
 def new_discriminator(base_model_dir: Path, params: DiscriminatorParams):
     """A fresh LoRA discriminator on the base checkpoint (head and LoRA initialised from the seed)."""
-    import warnings
-
     import torch
     from peft import get_peft_model
 
     model = load_backbone(base_model_dir, params.seed, params.n_layers)
     torch.manual_seed(params.seed)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    with quiet_peft_deprecation():
         return get_peft_model(model, discriminator_lora_config(params.lora, model))
 
 
 def load_discriminator(model_dir: Path, base_model_dir: Path | None = None):
     """(model in eval mode, tokenizer, manifest) of a trained discriminator folder."""
-    import warnings
-
     from peft import PeftModel
 
     from dial.models import load_tokenizer
@@ -377,8 +373,7 @@ def load_discriminator(model_dir: Path, base_model_dir: Path | None = None):
     base_model_dir = Path(base_model_dir or manifest["base_model"])
     n_layers = int(manifest.get("params", {}).get("n_layers", 0))
     backbone = load_backbone(base_model_dir, seed=0, n_layers=n_layers)  # the head is replaced by the saved one
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    with quiet_peft_deprecation():
         model = PeftModel.from_pretrained(backbone, str(model_dir))
     model.eval()
     return model, load_tokenizer(model_dir), manifest

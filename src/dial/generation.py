@@ -61,13 +61,11 @@ def load_chat_model(model_dir: Path, adapter_dir: Path | None = None, precision:
     device = device or default_device()
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     if adapter_dir is not None:
-        import warnings
-
         from peft import PeftModel
 
-        with warnings.catch_warnings():
-            # peft 0.21 reads transformers 5's deprecated `is_gradient_checkpointing`: noise, not our call.
-            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        from dial.models import quiet_peft_deprecation
+
+        with quiet_peft_deprecation():
             model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()  # merged: plain, fast forward
     model = model.to(device=device, dtype=resolve_dtype(precision, device)).eval()
     tokenizer = load_tokenizer(adapter_dir if adapter_dir is not None and (Path(adapter_dir) / "tokenizer.json").exists() else model_dir)
@@ -332,12 +330,12 @@ class ChatGenerator:
         for step in range(decoding.max_new_tokens):
             active_logits = logits if len(active) == len(batch_rows) else logits[torch.tensor(active, device=self.device)]
             sampled = sample_next(active_logits, [generators[batch_rows[p]] for p in active], decoding.temperature, decoding.top_p)
-            tokens = torch.full((len(batch_rows),), self.pad_token_id, dtype=torch.long)
+            next_tokens = [self.pad_token_id] * len(batch_rows)
             still = []
             for position, token in zip(active, sampled.tolist()):
                 row = batch_rows[position]
                 generated[row].append(token)
-                tokens[position] = token
+                next_tokens[position] = token
                 if token in end_ids:
                     ended[row] = True
                 else:
@@ -345,17 +343,17 @@ class ChatGenerator:
             if not still or step == decoding.max_new_tokens - 1:
                 break
             if len(still) <= len(batch_rows) // 2:
+                next_tokens = [next_tokens[position] for position in still]
                 index = torch.tensor(still, device=self.device)
                 cache.batch_select_indices(index)
                 attention_mask = attention_mask[index]
-                tokens = tokens[index.cpu()]
                 batch_rows = [batch_rows[position] for position in still]
                 still = list(range(len(still)))
             active = still
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(batch_rows), 1))], dim=1)
             positions = torch.tensor([[lengths[row] + step] for row in batch_rows], device=self.device)
             output = self.model(
-                input_ids=tokens[:, None].to(self.device),
+                input_ids=torch.tensor(next_tokens, device=self.device)[:, None],
                 attention_mask=attention_mask,
                 position_ids=positions,
                 past_key_values=cache,

@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -369,6 +370,15 @@ def _load_pretrained(name_or_path: str):
 # --------------------------------------------------------------------------------------------
 # Saving helpers
 # --------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def quiet_peft_deprecation() -> Iterator[None]:
+    """peft 0.21 reads transformers 5's deprecated `is_gradient_checkpointing` when it wraps or
+    trains a model: a FutureWarning that is noise, not our call."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 def _check_saved_tokenizer(model_dir: Path) -> None:

@@ -37,8 +37,7 @@ import pandas as pd
 
 from dial.errors import DialError
 from dial.evaluation import lexical, realism, stats
-from dial.params import DecodingParams
-from dial.params import AbPair, TerminationParams, TsneParams, EvaluateParams  # noqa: F401 (defined with the other params)
+from dial.params import AbPair, DecodingParams, EvaluateParams, TerminationParams, TsneParams  # noqa: F401 (defined with the other params)
 
 log = logging.getLogger(__name__)
 
@@ -317,8 +316,6 @@ def _chatbot_counts(group: dict) -> dict[str, tuple[int, int]]:
     if not issues:
         return {}
     return {c: (v["k"], v["n"]) for c, v in issues["per_chatbot"].items()}
-
-
 
 
 def dumps(metrics: dict) -> str:

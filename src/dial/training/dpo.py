@@ -42,7 +42,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -50,6 +49,7 @@ import pandas as pd
 
 from dial import io
 from dial.errors import DialError
+from dial.models import quiet_peft_deprecation
 from dial.params import DpoParams, LoraParams, LossType, Precision, Section  # noqa: F401
 from dial.training.common import (
     ResolvedPrecision,
@@ -233,9 +233,7 @@ def build_dpo_trainer(
         model = PeftModel.from_pretrained(model, str(previous_adapter_dir), is_trainable=True)
     else:
         peft_config = lora_config(params.lora)
-    with warnings.catch_warnings():
-        # peft 0.21 reads transformers 5's deprecated `is_gradient_checkpointing`: noise, not our call.
-        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    with quiet_peft_deprecation():
         trainer = DPOTrainer(
             model=model,
             ref_model=None,
@@ -387,8 +385,7 @@ def run_dpo(
     )
     if resume_from is not None:
         log.info("resuming from %s", resume_from)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    with quiet_peft_deprecation():
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
 
     model = trainer.model

@@ -24,6 +24,7 @@ import pandas as pd
 
 from dial import io
 from dial.errors import DialError
+from dial.models import quiet_peft_deprecation
 from dial.params import SftParams
 from dial.training.common import (
     ResolvedPrecision,
@@ -115,7 +116,6 @@ def build_sft_trainer(
 
     `compact_lm_head=False` keeps trl's own LM head on CPU (the benchmark compares the two).
     """
-    import warnings
 
     import datasets
     import torch
@@ -128,9 +128,7 @@ def build_sft_trainer(
     tokenizer = load_tokenizer(base_model_dir)
     # fp32 weights in every precision mode: bf16 means autocast compute, not bf16 storage.
     model = AutoModelForCausalLM.from_pretrained(str(base_model_dir), dtype=torch.float32, local_files_only=True)
-    with warnings.catch_warnings():
-        # peft 0.21 reads transformers 5's deprecated `is_gradient_checkpointing`: noise, not our call.
-        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    with quiet_peft_deprecation():
         trainer = SFTTrainer(
             model=model,
             args=sft_config(params, precision, output_dir),
