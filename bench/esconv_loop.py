@@ -6,8 +6,9 @@
 Runs `dvc repro` (every stage, stage by stage) in a scratch copy of the repository with
 `data.source: esconv` read from ../shared/datasets/esconv (CC BY-NC: read in place, never copied)
 and the shipped CPU-sized params otherwise, plus the overrides below; then prints, per simulator
-(zero-shot, sft, it1..itK): discriminator accuracy (overall and at user turn 1), pairs kept per
-iteration, and lexical diversity of the user messages next to the real users'.
+(zero-shot, sft, it1..itK): discriminator accuracy with its interval, the structure-only baseline
+beside it, held-out perplexity, termination F1, the share of simulated user messages cut at the
+token cap, pairs kept per iteration, and lexical diversity next to the real users'.
 
 ESConv sessions are one per seeker (no multi-session histories), so contexts are the seeker's
 emotion / problem / situation; the `replay` chatbot replays the real supporter.
@@ -55,16 +56,39 @@ def main() -> None:
 
     print(f"ESConv: {data['sessions_sampled']} sessions, {data['messages']} messages; "
           f"{sum(t['seconds'] for t in timings) / 60:.1f} min in all\n")
-    print(f"{'group':<10} {'disc acc':>8} {'acc t1':>7} {'MCC':>6} {'n msgs':>6}  {'entropy':>7} {'TTR':>6} {'bigram':>6}")
+    def interval(value, low, high, digits=3) -> str:
+        if value is None:
+            return "—"
+        return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]" if low is not None and high is not None else f"{value:.{digits}f}"
+
+    def metric(key: str):
+        return metrics.get(key)
+
+    print("95 % intervals in brackets; n = held-out user messages (discriminator) / validation sessions (structure).")
+    header = ["group", "disc acc [95% CI]", "n", "structure-only [95% CI]", "n", "perplexity [95% CI]",
+              "term F1", "user cut", "entropy", "TTR", "bigram"]
+    print(" | ".join(header))
     for group in ["real", *simulators]:
-        lexical = [metrics.get(f"{group}.lexical.{m}_mean") for m in ("word_entropy", "type_token_ratio", "bigram_diversity")]
+        lexical = [metric(f"{group}.lexical.{m}_mean") for m in ("word_entropy", "type_token_ratio", "bigram_diversity")]
         if group == "real":
-            disc = ["—", "—", "—", "—"]
+            cells = ["—"] * 7
         else:
-            m = discriminators[group]["metrics"]
-            disc = [m["overall"]["accuracy"], m["turn_1"]["accuracy"], m["overall"]["mcc"], m["overall"]["n"]]
-        cells = [f"{v:.3f}" if isinstance(v, float) else str(v) for v in disc + lexical]
-        print(f"{group:<10} {cells[0]:>8} {cells[1]:>7} {cells[2]:>6} {cells[3]:>6}  {cells[4]:>7} {cells[5]:>6} {cells[6]:>6}")
+            overall = discriminators[group]["metrics"]["overall"]
+            base = discriminators[group].get("structure_baseline") or {}
+            prefix = f"{group}.discriminator.overall.accuracy"
+            cells = [
+                interval(overall["accuracy"], metric(f"{prefix}_ci_low"), metric(f"{prefix}_ci_high")),
+                str(overall["n"]),
+                interval(base.get("accuracy"), base.get("ci_low"), base.get("ci_high")),
+                str(base.get("n", "—")),
+                interval(metric(f"{group}.perplexity.value"), metric(f"{group}.perplexity.value_ci_low"),
+                         metric(f"{group}.perplexity.value_ci_high"), 2),
+                interval(metric(f"{group}.termination.f1"), metric(f"{group}.termination.f1_ci_low"),
+                         metric(f"{group}.termination.f1_ci_high")),
+                interval(metric(f"{group}.truncation.user.share"), None, None),
+            ]
+        cells += [f"{v:.3f}" if isinstance(v, float) else "—" for v in lexical]
+        print(" | ".join([group, *cells]))
     print()
     for iteration, report in pairs.items():
         skipped = " (DPO skipped: no pair)" if dpo[iteration].get("skipped") else ""

@@ -20,6 +20,9 @@ def main(
         # Real sessions run longer than any simulated one: past simulate.max_turns only real user
         # messages would exist, and the turn count alone would give the class away.
         discriminator = discriminator.model_copy(update={"max_user_turns": params.simulate.max_turns})
+    if discriminator.generation_cap_tokens == 0:
+        # The structure baseline checks how many user messages stop at the simulator's length cap.
+        discriminator = discriminator.model_copy(update={"generation_cap_tokens": params.simulate.decoding.max_new_tokens})
     run_discriminator(
         simulator,
         discriminator,

@@ -29,6 +29,7 @@ def main(
         paths.simulator_adapter_dir(simulator),
         paths.pairs_dir(iteration),
         paths.pairs_report(iteration),
+        message_separator=params.sft_samples.message_separator,
     )
 
 

@@ -28,6 +28,7 @@ def main(
         paths.simulated_dir(simulator),
         paths.simulate_report(simulator),
         paths.simulate_resume_file(simulator),
+        message_separator=params.sft_samples.message_separator,
     )
 
 

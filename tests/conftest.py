@@ -20,8 +20,44 @@ TINY_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # ids 0, 
 TINY_MAX_POSITIONS = 16384  # RoPE: no learned positions, so a long window costs nothing
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="force what `precision: auto` resolves to, in-process and in the end-to-end pipeline's params "
+        "(auto: bf16 on CPUs with AMX / AVX512-BF16, else fp32). The suite must pass with each.",
+    )
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: tests that take more than a few seconds (real model weights)")
+
+
+def pytest_report_header(config):
+    from dial.training.common import bf16_is_fast, training_device
+
+    forced = config.getoption("--precision")
+    device = training_device()
+    natural = "bf16" if bf16_is_fast(device) else "fp32"
+    return f"dial precision: {forced if forced != 'auto' else natural} (auto on this {device.type}: {natural}; --precision={forced})"
+
+
+@pytest.fixture(scope="session")
+def forced_precision(request) -> str:
+    """`--precision`: auto, fp32 or bf16."""
+    return request.config.getoption("--precision")
+
+
+@pytest.fixture(autouse=True)
+def _force_auto_precision(forced_precision, monkeypatch):
+    """With `--precision fp32|bf16`, `auto` resolves to it in every test: the one place `auto`
+    looks at the hardware (`bf16_is_fast`) answers as the forced precision would need. Tests that
+    pass fp32/bf16 explicitly are unaffected."""
+    if forced_precision != "auto":
+        from dial.training import common
+
+        monkeypatch.setattr(common, "bf16_is_fast", lambda device: forced_precision == "bf16")
 
 
 @pytest.fixture(scope="session")

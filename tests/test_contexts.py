@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from dial.contexts import ContextParts, build_contexts, fit_context, render_context
 from dial.errors import BudgetError
 from dial.params import ContextParams
-from dial.summarise import LocalSummariser, verbatim_leak
+from dial.summarise import LocalSummariser, states_structure, verbatim_leak
 
 
 def count_words(texts):
@@ -137,6 +137,17 @@ def test_build_contexts_uses_only_earlier_sessions_and_never_quotes_the_target()
         for text in user_texts:
             assert text not in context
     assert (contexts["n_tokens"] == count_words(list(contexts["context_text"]))).all()
+
+
+def test_session_summaries_in_contexts_never_state_the_structure():
+    """The current-session summary is shared by a real session and its simulations: it must not
+    state counts, lengths or who spoke last, which a simulated session could contradict."""
+    sessions, messages, users, _ = _toy_corpus()
+    contexts = build_contexts(sessions, messages, users, ContextParams(), LocalSummariser(), count_words, progress=False)
+    summaries = list(contexts["current_summary"]) + [s for row in contexts["previous_summaries"] for s in json.loads(row)]
+    assert len(summaries) == 4 + 3  # a1 has one previous session, a2 two
+    for summary in summaries:
+        assert not states_structure(summary) and "tone" in summary
 
 
 def test_build_contexts_truncates_to_budget_and_reports_it():

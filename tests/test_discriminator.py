@@ -116,19 +116,68 @@ def test_labels_sit_exactly_on_the_last_token_of_each_user_message(tiny_tokenize
     assert ids.count(im_end) == 1 + len(TURNS)
 
 
-def test_user_only_hides_chatbot_text_but_keeps_structure(tiny_tokenizer):
+def test_user_only_hides_chatbot_text_and_turn_structure(tiny_tokenizer):
     full = encode_session(tiny_tokenizer, CONTEXT, TURNS, view="full")
     user_only = encode_session(tiny_tokenizer, CONTEXT, TURNS, view="user_only")
     full_text, hidden_text = tiny_tokenizer.decode(full.input_ids), tiny_tokenizer.decode(user_only.input_ids)
     for role, text in TURNS:
         assert text in full_text
         assert (text in hidden_text) == (role == "user")
-    assert hidden_text.count(f"<|im_start|>assistant\n{ASSISTANT_PLACEHOLDER}<|im_end|>") == 3
-    for marker in ("<|im_start|>user\n", "<|im_start|>assistant\n", "<|im_start|>system\n"):
-        assert hidden_text.count(marker) == full_text.count(marker)
-    # Same turns, same order: the first user message (before any chatbot text) has the same prefix.
+    # TURNS has two chatbot messages in a row; user_only shows one placeholder between user messages.
+    assert full_text.count("<|im_start|>assistant\n") == 3
+    assert hidden_text.count(f"<|im_start|>assistant\n{ASSISTANT_PLACEHOLDER}<|im_end|>") == 2
+    assert hidden_text.count("<|im_start|>assistant\n") == 2
+    # Same user messages, same order: the first user message (before any chatbot text) has the same prefix.
     assert full.input_ids[: full.user_positions[0] + 1] == user_only.input_ids[: user_only.user_positions[0] + 1]
     assert len(user_only.user_positions) == 3 and user_only.context_end == full.context_end
+
+
+def _with_user_texts(turns, texts):
+    """`turns` with its user messages' texts replaced by `texts`, in order."""
+    replacements = iter(texts)
+    return [(role, next(replacements) if role == "user" else text) for role, text in turns]
+
+
+SIMULATED_TURNS = [("user", "hi, work has been exhausting"), ("assistant", "I am here for you."),
+                   ("user", "i might take a day off"), ("assistant", "That could help."), ("user", "ok bye")]
+
+
+def test_user_only_real_and_simulated_differ_only_in_the_user_text(tiny_tokenizer):
+    """Parity: a real and a simulated session of the same context and structure encode to the
+    same tokens once the simulated user's texts are put in the real user's place, so everything
+    else the discriminator reads is identical; in the `full` view the chatbot's text differs too."""
+    real = [("user", "hey so I feel tired today"), ("assistant", "hello, what is going on?"),
+            ("user", "my job is a lot lately"), ("assistant", "that sounds hard"), ("user", "thanks, bye")]
+    simulated_texts = [text for role, text in SIMULATED_TURNS if role == "user"]
+    encoder = SessionEncoder(tiny_tokenizer, "user_only")
+    real_ids = encoder.encode(CONTEXT, real).input_ids
+    simulated = encoder.encode(CONTEXT, SIMULATED_TURNS)
+    assert real_ids != simulated.input_ids
+    assert encoder.encode(CONTEXT, _with_user_texts(real, simulated_texts)).input_ids == simulated.input_ids
+    full = SessionEncoder(tiny_tokenizer, "full")
+    assert full.encode(CONTEXT, _with_user_texts(real, simulated_texts)).input_ids != full.encode(CONTEXT, SIMULATED_TURNS).input_ids
+
+
+@pytest.mark.parametrize(
+    "real_structure",
+    [
+        ["user", "user", "assistant", "user"],  # a burst of two user messages
+        ["assistant", "user", "assistant", "user", "user"],  # the chatbot opens; a burst at the end
+        ["user", "assistant", "assistant", "assistant", "user", "assistant", "user"],  # chatbot messages in a row
+    ],
+)
+def test_user_only_shows_no_structure_a_simulated_session_cannot_have(tiny_tokenizer, real_structure):
+    """Real users send bursts, open after a greeting and get several chatbot messages in a row;
+    simulated sessions strictly alternate, user first. With the same user texts both encode to
+    the same tokens and label positions, so the placeholders give nothing away."""
+    user_texts = [text for role, text in SIMULATED_TURNS if role == "user"]
+    real = _with_user_texts([(role, "chatbot says something") for role in real_structure], user_texts)
+    encoder = SessionEncoder(tiny_tokenizer, "user_only")
+    real_encoded, simulated_encoded = encoder.encode(CONTEXT, real), encoder.encode(CONTEXT, SIMULATED_TURNS)
+    assert real_encoded.input_ids == simulated_encoded.input_ids
+    assert real_encoded.user_positions == simulated_encoded.user_positions
+    full = SessionEncoder(tiny_tokenizer, "full")
+    assert full.encode(CONTEXT, real).input_ids != full.encode(CONTEXT, SIMULATED_TURNS).input_ids
 
 
 def test_token_budget_drops_the_tail_never_the_context_and_counts(tiny_tokenizer):
@@ -145,6 +194,16 @@ def test_token_budget_drops_the_tail_never_the_context_and_counts(tiny_tokenizer
     turns_cut = encode_session(tiny_tokenizer, CONTEXT, TURNS, view="full", max_user_turns=2)
     assert turns_cut.user_status == [SCORED, SCORED, OVER_MAX_USER_TURNS]
     assert encode_session(tiny_tokenizer, None, TURNS).user_status == [NO_CONTEXT] * 3
+
+
+@pytest.mark.parametrize("view", ["full", "user_only"])
+def test_max_user_turns_counts_a_burst_once(tiny_tokenizer, view):
+    burst = [("user", "hey"), ("user", "you there?"), ("assistant", "yes"), ("user", "ok then"), ("assistant", "sure"),
+             ("user", "bye")]
+    cut = encode_session(tiny_tokenizer, CONTEXT, burst, view=view, max_user_turns=2)
+    assert cut.user_status == [SCORED, SCORED, SCORED, OVER_MAX_USER_TURNS]
+    whole = encode_session(tiny_tokenizer, CONTEXT, burst, view=view)
+    assert cut.input_ids == whole.input_ids[: whole.user_positions[2] + 1]
 
 
 # --- model -----------------------------------------------------------------------------------------
@@ -254,6 +313,10 @@ def test_training_learns_a_separable_task_and_is_deterministic(tiny_model_dir, t
     assert first.metrics["overall"]["n"] == first.summary["labelled_positions_valid"]
     assert first.metrics["turn_25"] == {"accuracy": None, "f1": None, "mcc": None, "n": 0, "n_real": 0, "n_simulated": 0}
     assert first.summary["final_step_loss"] < first.summary["first_step_loss"]
+    baseline = first.summary["structure_baseline"]
+    assert (baseline["n"], baseline["train_n"]) == (8, 20)
+    assert baseline["ci_low"] <= baseline["accuracy"] <= baseline["ci_high"]
+    assert "user_messages_per_turn_max" in baseline["features"]
 
     out = tmp_path / "a"
     manifest = json.loads((out / MANIFEST).read_text())

@@ -78,6 +78,32 @@ def test_identical_prompts_are_prefilled_once(generator):
     generator.forget()
 
 
+@pytest.mark.parametrize(
+    "end_at_token, hit_max_tokens, n_tokens",
+    [(None, True, 6), (3, False, 3), (6, False, 6)],  # never ends: cut; ends early; ends on the last allowed token
+)
+def test_a_row_that_reaches_max_new_tokens_without_its_end_token_is_marked(generator, end_at_token, hit_max_tokens, n_tokens):
+    end_id = generator.end_token_ids[0]
+    calls = []
+
+    def steer(module, args, kwargs, output):
+        # Forward call k gives the logits of generated token k + 1 (call 0 is the prefill).
+        wanted = len(calls) + 1 == end_at_token
+        for token in generator.end_token_ids:
+            output.logits[:, -1, token] = -1e4
+        if wanted:
+            output.logits[:, -1, end_id] = 1e4
+        calls.append(1)
+        return output
+
+    handle = generator.model.register_forward_hook(steer, with_kwargs=True)
+    try:
+        result = generator.generate([conversation(1)], DecodingParams(temperature=1.0, max_new_tokens=6), [5])[0]
+    finally:
+        handle.remove()
+    assert result.hit_max_tokens is hit_max_tokens and result.n_tokens == n_tokens
+
+
 def test_too_long_prompt_is_a_clear_error(generator):
     long = [{"role": "system", "content": "word " * 20000}]
     with pytest.raises(ValueError, match="exceed the model's"):

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from dial import io, schemas
-from dial.discriminator import MANIFEST, DiscriminatorParams, SessionEncoder, new_discriminator, score_sessions
+from dial.discriminator import MANIFEST, SELECTION_FILE, DiscriminatorParams, SessionEncoder, new_discriminator, score_sessions
 from dial.generation import ChatGenerator, load_chat_model
 from dial.pairs import (
     CANDIDATE_COLUMNS,
@@ -22,18 +22,19 @@ from dial.pairs import (
     CHOSEN_NOT_POSITIVE,
     DUPLICATE,
     EMPTY,
-    END_OF_CONVERSATION,
     KEPT,
     OVER_DISCRIMINATOR_BUDGET,
     OVER_MAX_TOKENS,
     PAIR_COLUMNS,
     PROMPT_OVER_MAX_TOKENS,
     REJECTED_NOT_NEGATIVE,
+    REWARDS_TIED,
     SCORED,
     TOO_FEW_SCORED,
     CriticalPoint,
     PairsParams,
     build_pairs,
+    build_points,
     candidate_text,
     make_pairs,
     run_pairs,
@@ -48,6 +49,7 @@ from dial.simulate import stable_seed
 torch.set_num_threads(1)
 
 MARKER = "<|endconversation|>"
+SEP = "<|msg|>"
 USER_LINES = ["hey so I feel tired today", "my job is a lot lately", "maybe a walk would help", "thanks, talk later",
               "I miss my family", "honestly I need some help"]
 DISC_MANIFEST = {"kind": "discriminator", "view": "user_only", "max_tokens": 512, "max_user_turns": 0}
@@ -134,8 +136,17 @@ def test_select_pair_drops_one_signed_sets():
     assert zero_rejected.outcome == REJECTED_NOT_NEGATIVE
 
 
+def test_select_pair_without_the_sign_filter_keeps_any_ordered_pair():
+    all_negative = select_pair(candidates_of(["a", "b", "c"], rewards=[-0.3, -0.1, -0.2]), require_opposite_signs=False)
+    assert (all_negative.outcome, all_negative.chosen_index, all_negative.rejected_index) == (KEPT, 1, 0)
+    all_positive = select_pair(candidates_of(["a", "b"], rewards=[0.3, 0.1]), require_opposite_signs=False)
+    assert (all_positive.outcome, all_positive.chosen_index, all_positive.rejected_index) == (KEPT, 0, 1)
+    tied = select_pair(candidates_of(["a", "b", "c"], rewards=[0.2, 0.2, 0.2]), require_opposite_signs=False)
+    assert (tied.outcome, tied.chosen_index, tied.rejected_index) == (REWARDS_TIED, 0, 1)
+
+
 def test_select_pair_needs_two_distinct_scored_texts():
-    statuses = [SCORED, EMPTY, END_OF_CONVERSATION, OVER_DISCRIMINATOR_BUDGET]
+    statuses = [SCORED, EMPTY, OVER_DISCRIMINATOR_BUDGET, OVER_DISCRIMINATOR_BUDGET]
     one_scored = candidates_of(["a", "", MARKER, "d"], statuses, [1.0, math.nan, math.nan, math.nan])
     assert select_pair(one_scored).outcome == TOO_FEW_SCORED
     assert select_pair(candidates_of([], [], [])).outcome == TOO_FEW_SCORED
@@ -147,11 +158,24 @@ def test_select_pair_needs_two_distinct_scored_texts():
     assert (choice.outcome, choice.chosen_index, choice.rejected_index) == (KEPT, 0, 1)
 
 
-def test_candidate_text_follows_the_simulation():
-    assert candidate_text(f"  {MARKER}", MARKER) == (MARKER, END_OF_CONVERSATION)
-    assert candidate_text(f"ok bye {MARKER} extra", MARKER) == ("ok bye", None)
-    assert candidate_text("   ", MARKER) == ("", EMPTY)
+def test_candidate_text_is_the_whole_turn_as_the_simulation_reads_it():
     assert candidate_text(" fine ", MARKER) == ("fine", None)
+    assert candidate_text(f"hey {SEP} {SEP} you there?", MARKER) == (f"hey{SEP}you there?", None)  # a burst
+    assert candidate_text(f"  {MARKER}", MARKER) == (MARKER, None)  # ending is an action, scored
+    assert candidate_text(f"ok bye {MARKER} extra", MARKER) == (f"ok bye{SEP}{MARKER}", None)
+    assert candidate_text("   ", MARKER) == ("", EMPTY)
+
+
+def test_a_critical_message_inside_a_burst_makes_the_whole_turn_the_point():
+    sessions, messages, contexts = toy_simulated(n_sessions=1)
+    sid = sessions["session_id"].iloc[0]
+    burst = messages.copy()
+    burst.loc[burst["turn_index"] == 3, "role"] = "user"  # user messages 2, 3, 4 form one turn
+    critical = pd.DataFrame({"session_id": [sid, sid], "turn_index": [3, 4], "user_turn_number": [3, 4],
+                             "reward": [0.5, -0.5], "kind": ["highest", "lowest"], "rank": [1, 1]})
+    (point,) = build_points(critical, sessions, burst, contexts)
+    assert (point.turn_index, point.user_turn_number, point.kind) == (2, 2, "highest")
+    assert point.history == tuple(zip(burst["role"][:2], burst["text"][:2]))
 
 
 def test_statuses_match_the_schema():
@@ -202,6 +226,32 @@ def test_alternative_reward_equals_the_reward_substituted_into_the_session(discr
         np.testing.assert_allclose(shared["logit_prev"], previous, rtol=0, atol=1e-5)
     np.testing.assert_allclose(shared["reward"], rewards, rtol=0, atol=1e-5)
     assert shared["reward"].abs().max() > 1e-4  # the texts do move the discriminator
+
+
+def test_a_burst_is_scored_as_consecutive_user_messages_and_a_bare_end_as_the_session_as_it_is(discriminator):
+    model, tokenizer, manifest = discriminator
+    sessions, messages, contexts = toy_simulated(n_sessions=1)
+    point = point_of(sessions, messages, contexts, 0, 2)
+    texts = [f"I miss my family{SEP}honestly I need some help", MARKER, f"ok bye{SEP}{MARKER}", "ok bye"]
+    candidates = pd.DataFrame([
+        {"session_id": point.session_id, "turn_index": 2, "user_turn_number": 2, "kind": "highest", "candidate_index": j,
+         "text": text, "status": SCORED, "logit": math.nan, "logit_prev": math.nan, "reward": math.nan, "seed": j,
+         "n_tokens": 3} for j, text in enumerate(texts)
+    ])
+    encoder = SessionEncoder(tokenizer, manifest["view"], manifest["max_tokens"])
+    scored = score_alternatives(model, tokenizer, encoder, [point], candidates, batch_size=3, share_prefix=True)
+    assert (scored["status"] == SCORED).all()
+    np.testing.assert_allclose(scored["logit_prev"], scored["logit_prev"].iloc[0], rtol=0, atol=1e-5)
+    # The burst, written into the session as two user messages, scored as a session.
+    history = list(point.history) + [("user", "I miss my family"), ("user", "honestly I need some help")]
+    as_session = pd.DataFrame([{"session_id": point.session_id, "turn_index": t, "role": role, "text": text,
+                                "timestamp": None, "metadata": "{}"} for t, (role, text) in enumerate(history)])
+    scores = score_sessions(model, tokenizer, sessions, as_session, contexts, manifest["view"], manifest["max_tokens"],
+                            precision="fp32")
+    expected = scores["logit"].iloc[-1] - scores["logit"].iloc[0]  # after the burst - before it (user message 1)
+    np.testing.assert_allclose(scored["reward"].iloc[0], expected, rtol=0, atol=1e-5)
+    assert scored["reward"].iloc[1] == 0.0  # the bare end adds no message: p does not move
+    np.testing.assert_allclose(scored["reward"].iloc[2], scored["reward"].iloc[3], rtol=0, atol=1e-5)  # the end is unseen
 
 
 def test_alternatives_over_the_discriminator_budget_are_not_scored(discriminator):
@@ -288,6 +338,8 @@ def save_discriminator(model, tokenizer, folder, base_model_dir):
     folder.mkdir(parents=True)
     save_adapter(model, tokenizer, folder)
     (folder / MANIFEST).write_text(json.dumps({**DISC_MANIFEST, "base_model": str(base_model_dir)}))
+    empty = {"real": [], "simulated": []}
+    (folder / SELECTION_FILE).write_text(json.dumps({"train": empty, "valid": empty}))
     return folder
 
 
@@ -352,6 +404,26 @@ def test_preference_pairs_round_trip_and_token_cap(tiny_tokenizer, tmp_path):
     assert outcomes == [KEPT, OVER_MAX_TOKENS] and list(capped["pair_id"]) == [points[0].pair_id]
 
 
+def test_the_end_marker_survives_into_the_pair_and_the_dpo_sample(tiny_tokenizer):
+    from dial.training.dpo import preference_dataset
+
+    sessions, messages, contexts = toy_simulated(n_sessions=1)
+    point = point_of(sessions, messages, contexts, 0, 4, "lowest")
+    ending, burst = MARKER, f"so{SEP}what now"
+    candidates = pd.DataFrame([
+        {"session_id": point.session_id, "turn_index": 4, "user_turn_number": 3, "kind": "lowest", "candidate_index": j,
+         "text": text, "status": SCORED, "logit": reward, "logit_prev": 0.0, "reward": reward, "seed": j, "n_tokens": 4}
+        for j, (text, reward) in enumerate([(burst, -0.6), (ending, 0.0), ("fine", -0.2)])
+    ])
+    prompt_tokens = [len(tiny_tokenizer.apply_chat_template([point.prompt()], add_generation_prompt=True)["input_ids"][0])]
+    pairs, outcomes = build_pairs([point], candidates, prompt_tokens, tiny_tokenizer, 4096, require_opposite_signs=False)
+    assert outcomes == [KEPT]
+    assert (pairs["chosen"].iloc[0], pairs["rejected"].iloc[0]) == (ending, burst)
+    sample = preference_dataset(pairs)[0]
+    assert sample["chosen"] == [{"role": "assistant", "content": ending}]
+    assert sample["rejected"] == [{"role": "assistant", "content": burst}]
+
+
 def test_no_critical_point_gives_empty_outputs_and_a_valid_report(discriminator, tiny_model_dir, tmp_path):
     model, tokenizer, _ = discriminator
     sessions, messages, contexts = toy_simulated(n_sessions=2, with_contexts=False)  # nothing can be scored
@@ -387,3 +459,17 @@ def test_max_sessions_samples_a_seeded_subset(discriminator, simulator):
     assert result.report["critical_points"]["total"] == 4  # highest + lowest in each of the 2 sessions
     again = make_pairs(params, sessions, messages, contexts, discriminator, lambda: simulator, MARKER, progress=False)
     assert {p.session_id for p in result.points} == {p.session_id for p in again.points}
+
+
+def test_sessions_the_discriminator_trained_on_get_no_critical_point(discriminator, simulator):
+    sessions, messages, contexts = toy_simulated(n_sessions=3)
+    trained_on = ["sim:toy:bot:r01:0"]
+    result = make_pairs(tiny_params(), sessions, messages, contexts, discriminator, lambda: simulator, MARKER,
+                        progress=False, discriminator_train_sessions=trained_on)
+    assert {p.session_id for p in result.points} == {"sim:toy:bot:r00:0", "sim:toy:bot:r02:0"}
+    block = result.report["discriminator_train_sessions"]
+    assert block["sessions"] == 1 and block["excluded"] is True
+    assert block["mean_abs_reward_trained_on"] is not None and block["mean_abs_reward_held_out"] is not None
+    kept_all = make_pairs(tiny_params(exclude_discriminator_train=False), sessions, messages, contexts, discriminator,
+                          lambda: simulator, MARKER, progress=False, discriminator_train_sessions=trained_on)
+    assert {p.session_id for p in kept_all.points} == {s for s in sessions["session_id"]}

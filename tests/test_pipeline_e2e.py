@@ -5,8 +5,16 @@ Also proves: a second `dvc repro` is a no-op, a forced re-run gives byte-identic
 hashes in dvc.lock), `dial check --all` / `dial query` work on every artifact, changing
 `dpo.beta` re-runs only the DPO stage and what depends on it, and `dvc metrics diff` shows the
 difference between the two experiments.
+
+The smoke configuration guarantees what these tests need whatever the numerics (bf16 and fp32
+machines sample different sessions and pairs): pairs are kept whenever the chosen alternative
+beats the rejected one (`require_opposite_signs: false`, instead of the paper's sign filter, which
+a 2-layer discriminator trained on 3 pairs may leave empty), and DPO makes 2 epochs, so one kept
+pair already gives the 2 steps the beta experiment needs. `pytest --precision fp32|bf16` runs the
+pipeline in that precision (every `*.precision` of the smoke params).
 """
 
+import copy
 import json
 from pathlib import Path
 
@@ -22,16 +30,19 @@ SMOKE = {
     "simulate": {"n_contexts": 4, "max_turns": 2, "decoding": {"max_new_tokens": 10}},
     "dial": {"iterations": 1},
     "discriminator": {"n_layers": 2, "n_train": 3, "n_valid": 1, "max_tokens": 512},
-    "pairs": {"n_alternatives": 4, "max_sessions": 3, "decoding": {"max_new_tokens": 10}},
+    "pairs": {"n_alternatives": 4, "max_sessions": 3, "decoding": {"max_new_tokens": 10},
+              "require_opposite_signs": False},
     # No warmup: with warmup the first step has learning rate 0, and a 2-step run logs the same
     # rewards for any beta, so the beta experiment below could not show a metrics difference.
-    "dpo": {"max_train_pairs": 3, "warmup_ratio": 0.0},
+    # 2 epochs: one kept pair gives 2 steps.
+    "dpo": {"max_train_pairs": 3, "warmup_ratio": 0.0, "epochs": 2},
     "evaluate": {"termination": {"n_sessions": 2, "max_new_tokens": 8}},
     "chatbots": [
         {"name": "supportive", "backend": "hf", "system_prompt": "Be kind and brief.", "decoding": {"max_new_tokens": 10}},
         {"name": "replay", "backend": "replay"},
     ],
 }
+PRECISION_SECTIONS = ("sft", "simulate", "discriminator", "pairs", "dpo")  # every model stage's precision knob
 DATA_STAGES = ["ingest", "scrub_pii", "split", "build_contexts", "sft_samples"]
 SIMULATORS = ["zero-shot", "sft", "it1"]
 MODEL_STAGES = (["sft"] + [f"simulate@{s}" for s in SIMULATORS] + [f"discriminator@{s}" for s in SIMULATORS]
@@ -40,10 +51,19 @@ MODEL_STAGES = (["sft"] + [f"simulate@{s}" for s in SIMULATORS] + [f"discriminat
 pytestmark = pytest.mark.e2e
 
 
+def smoke_params(precision: str) -> dict:
+    """SMOKE, with every model stage's precision set to `precision` unless it is auto."""
+    params = copy.deepcopy(SMOKE)
+    if precision != "auto":
+        for section in PRECISION_SECTIONS:
+            params.setdefault(section, {})["precision"] = precision
+    return params
+
+
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
+def workspace(tmp_path_factory, forced_precision):
     """A fresh git repo with the project's files (as a clone would have) and smoke params."""
-    root = copy_project(REPO, tmp_path_factory.mktemp("pipeline"), SMOKE)
+    root = copy_project(REPO, tmp_path_factory.mktemp("pipeline"), smoke_params(forced_precision))
     first = run(["dvc", "repro"], root)
     return root, first
 
@@ -86,10 +106,14 @@ def test_dial_iteration_outputs(workspace):
     dpo = json.loads((root / "reports/dpo/it1.json").read_text())
     manifest = json.loads((root / "models/simulator/it1/dial_model.json").read_text())
     assert manifest["previous_simulator"].endswith("sft")
-    if dpo.get("skipped"):  # no kept pair at this size: sft carried forward, never a crash
-        assert pairs["kept_pairs"] == 0
-    else:
-        assert dpo["steps"] >= 1
+    # Without the sign filter a point is dropped only for < 2 distinct texts or tied rewards.
+    assert pairs["require_opposite_signs"] is False and pairs["kept_pairs"] >= 1, pairs
+    assert not dpo.get("skipped") and dpo["steps"] >= 2
+    # Every model stage says what `auto` resolved to (bf16 and fp32 machines write different outputs).
+    resolved = {json.loads((root / path).read_text())["precision"] for path in
+                ["reports/sft.json", "reports/simulate/sft.json", "reports/discriminator/sft.json",
+                 "reports/pairs/it1.json", "reports/dpo/it1.json"]}
+    assert len(resolved) == 1 and resolved <= {"bf16", "fp32"}, resolved
     assert (root / "models/simulator/it1/adapter_model.safetensors").exists()
 
 

@@ -1,4 +1,5 @@
-"""Flipped-dialogue SFT samples: one per user message + one end sample, exact token budget."""
+"""Flipped-dialogue SFT samples: one per user turn (a burst joined by the separator), one end per
+session, exact token budget."""
 
 import json
 
@@ -7,7 +8,9 @@ import pytest
 
 from dial.params import SftSamplesParams
 from dial.prompting import simulator_messages
-from dial.sft_samples import ChatRenderer, build_sft_samples
+from dial.sft_samples import ChatRenderer, build_sft_samples, turn_targets
+
+END, SEP = "<|endconversation|>", "<|msg|>"
 
 
 def corpus(n_long_turns=0):
@@ -22,25 +25,47 @@ def corpus(n_long_turns=0):
     return sessions, messages, contexts, splits
 
 
-def test_one_sample_per_user_message_plus_end(tiny_tokenizer):
+def test_one_sample_per_user_turn_and_one_end_per_session(tiny_tokenizer):
     sessions, messages, contexts, splits = corpus()
     samples, report = build_sft_samples(sessions, messages, contexts, splits, SftSamplesParams(), tiny_tokenizer, progress=False)
-    s1 = samples[samples["session_id"] == "s1"].sort_values("sample_id")
-    assert list(s1["completion"]) == ["hey", "you there?", "cool, bye", "<|endconversation|>"]
-    assert list(s1["is_end"]) == [False, False, False, True]
-    assert list(s1["target_turn_index"]) == [0, 1, 3, 4]
-    assert report["samples"] == 6 and report["end_samples"] == 2
+    s1 = samples[samples["session_id"] == "s1"].sort_values("target_turn_index")
+    # The burst "hey", "you there?" is one turn; the session ends with the user's "cool, bye", so
+    # that turn carries the end marker as its last piece.
+    assert list(s1["completion"]) == [f"hey{SEP}you there?", f"cool, bye{SEP}{END}"]
+    assert list(s1["is_end"]) == [False, True]
+    assert list(s1["n_target_messages"]) == [2, 1]
+    assert list(s1["target_turn_index"]) == [0, 3]
+    assert list(s1["sample_id"]) == ["s1:0000", "s1:end"]
+    assert report["samples"] == 3 and report["end_samples"] == 2 and report["burst_samples"] == 1
     assert set(samples.loc[samples["session_id"] == "s2", "split"]) == {"valid"}
-    # The flip: real user -> assistant, chatbot -> user, context as system.
-    prompt = json.loads(s1.iloc[2]["prompt"])
+    # The flip: real user -> assistant, chatbot -> user, context as system; prompt messages stay separate.
+    prompt = json.loads(s1.iloc[1]["prompt"])
     assert prompt == [
         {"role": "system", "content": "CONTEXT ONE"},
         {"role": "assistant", "content": "hey"},
         {"role": "assistant", "content": "you there?"},
         {"role": "user", "content": "yes hi"},
     ]
-    end_prompt = json.loads(s1.iloc[3]["prompt"])
-    assert end_prompt[-1] == {"role": "assistant", "content": "cool, bye"}
+
+
+def test_a_session_ending_with_the_chatbot_gets_the_end_marker_alone():
+    history = [("user", "hi"), ("assistant", "hello"), ("user", "ok"), ("user", "thanks"), ("assistant", "bye!")]
+    assert turn_targets(history, END, SEP) == [(0, "hi", False, 1), (2, f"ok{SEP}thanks", False, 2), (5, END, True, 0)]
+    assert turn_targets([], END, SEP) == [(0, END, True, 0)]
+
+
+def test_a_real_message_containing_the_separator_is_skipped_and_counted(tiny_tokenizer):
+    sessions, messages, contexts, splits = corpus()
+    messages.loc[messages["text"] == "you there?", "text"] = f"you{SEP}there?"
+    samples, report = build_sft_samples(sessions, messages, contexts, splits, SftSamplesParams(), tiny_tokenizer, progress=False)
+    assert "s1:0000" not in set(samples["sample_id"]) and "s1:end" in set(samples["sample_id"])
+    assert report["samples_with_separator_in_a_message_skipped"] == 1
+    # A session whose only turn is skipped has no sample left, and no error.
+    messages = messages[messages["session_id"] != "s1"]
+    messages.loc[messages["text"] == "i feel low", "text"] = f"i feel{SEP}low"
+    samples, report = build_sft_samples(sessions[sessions["session_id"] == "s2"], messages, contexts, splits,
+                                        SftSamplesParams(), tiny_tokenizer, progress=False)
+    assert samples.empty and report["samples_with_separator_in_a_message_skipped"] == 1
 
 
 def test_token_counts_are_exact(tiny_tokenizer):
@@ -66,21 +91,22 @@ def test_oldest_history_dropped_to_fit_budget(tiny_tokenizer):
     prompt = json.loads(last["prompt"])
     assert prompt[0] == {"role": "system", "content": "CONTEXT TWO"}  # context always kept
     s2 = messages[messages["session_id"] == "s2"].sort_values("turn_index")
+    target = last["target_turn_index"]  # s2 ends with a user turn: the end sample is that turn
     kept = [m["content"] for m in prompt[1:]]
-    assert kept == list(s2["text"])[-len(kept):]  # the most recent messages survive
-    assert last["n_history_messages_dropped"] == len(s2) - len(kept)
+    assert kept == list(s2["text"])[:target][-len(kept):]  # the most recent messages survive
+    assert last["n_history_messages_dropped"] == target - len(kept)
     # Minimal: keeping one more old message would break the budget.
     renderer = ChatRenderer(tiny_tokenizer)
     history = list(zip(s2["role"], s2["text"]))
-    one_more = simulator_messages("CONTEXT TWO", history[len(s2) - len(kept) - 1:])
-    (counts,) = renderer.count_samples([one_more], ["<|endconversation|>"])
+    one_more = simulator_messages("CONTEXT TWO", history[target - len(kept) - 1 : target])
+    (counts,) = renderer.count_samples([one_more], [last["completion"]])
     assert sum(counts) > budget
 
 
 def test_samples_that_cannot_fit_are_counted_not_silently_lost(tiny_tokenizer):
     sessions, messages, contexts, splits = corpus()
     samples, report = build_sft_samples(sessions, messages, contexts, splits, SftSamplesParams(max_tokens=3), tiny_tokenizer, progress=False)
-    assert samples.empty and report["samples_over_budget_skipped"] == 6
+    assert samples.empty and report["samples_over_budget_skipped"] == 3
 
 
 def test_prompt_render_matches_simulator_messages(tiny_tokenizer):

@@ -10,7 +10,17 @@ from dial.chatbots import Chatbot, ChatbotError, ChatReply
 from dial.chatbots.replay import ReplayChatbot
 from dial.generation import Generated
 from dial.params import ChatbotParams, DecodingParams, GuardrailParams, SimulateParams
-from dial.simulate import Simulation, SessionState, guardrail_failures, plan_sessions, run_simulate, select_contexts
+from dial.schemas import is_truncated
+from dial.simulate import (
+    Simulation,
+    SessionState,
+    guardrail_failures,
+    plan_sessions,
+    run_simulate,
+    select_contexts,
+    to_frames,
+    truncation_report,
+)
 
 END = "<|endconversation|>"
 
@@ -184,6 +194,55 @@ def test_replay_chatbot_replays_real_assistant_messages_in_order_then_ends():
         bot.reply([states(2)[1].chat_request(0)])
 
 
+def test_messages_cut_by_the_token_budget_are_marked_truncated():
+    class CappedSimulator(ScriptedSimulator):
+        def generate(self, conversations, decoding, seeds, cache_keys=None, progress=False):
+            # Turn 1 runs into the cap; turn 2 ends on its own; turn 3 says the end marker, then
+            # runs into the cap: the words before the marker are whole.
+            texts = {0: ("i keep waking up at", True), 1: ("work is fine.", False), 2: (f"ok bye {END} and", True)}
+            return [Generated(text=texts[user_turns(c)][0], n_tokens=8, hit_max_tokens=texts[user_turns(c)][1])
+                    for c in conversations]
+
+    class CutOnce(Chatbot):
+        name = "bot"
+
+        def reply(self, requests):
+            turn = sum(m["role"] == "assistant" for m in requests[0].messages)
+            return [ChatReply(text=f"reply {turn}", truncated=turn == 0) for _ in requests]
+
+    sessions = states(1)
+    Simulation(CappedSimulator(None), [CutOnce()], SimulateParams(max_turns=3)).run(sessions, progress=False)
+    _, messages, _ = to_frames(sessions, "sft")
+    io.MESSAGES.validate(messages)
+    marks = [(role, is_truncated(metadata)) for role, metadata in zip(messages["role"], messages["metadata"])]
+    assert marks == [("user", True), ("assistant", True), ("user", False), ("assistant", False), ("user", False)]
+
+
+def test_truncation_report_counts_and_wilson_intervals():
+    from scipy.stats import binomtest
+
+    sessions = pd.DataFrame({"session_id": ["s1", "s2", "s3"], "chatbot_id": ["hf", "hf", "replay"]})
+    rows = [("s1", "user", True)] * 3 + [("s1", "user", False)] * 2 + [("s1", "assistant", True)] * 4
+    rows += [("s2", "user", False)] * 5 + [("s2", "assistant", False)] * 6 + [("s3", "user", True), ("s3", "assistant", False)]
+    messages = pd.DataFrame([{"session_id": sid, "role": role, "metadata": json.dumps({"truncated": cut})} for sid, role, cut in rows])
+    messages.loc[len(messages)] = {"session_id": "s3", "role": "user", "metadata": "{}"}  # no mark (older file): not cut
+    report = truncation_report(messages, sessions)
+    expected = {"user": (4, 12), "chatbots": {"hf": (4, 10), "replay": (0, 1)}}
+    for block, (k, n) in [(report["user"], expected["user"])] + [(report["chatbots"][c], kn) for c, kn in expected["chatbots"].items()]:
+        low, high = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+        assert (block["truncated"], block["messages"]) == (k, n)
+        assert block["share"] == pytest.approx(k / n, abs=1e-6)
+        assert (block["ci_low"], block["ci_high"]) == (pytest.approx(low, abs=1e-6), pytest.approx(high, abs=1e-6))
+    assert set(report["chatbots"]) == {"hf", "replay"}
+
+
+def test_a_chatbot_without_messages_has_no_share():
+    sessions = pd.DataFrame({"session_id": ["s1", "s2"], "chatbot_id": ["talks", "silent"]})
+    messages = pd.DataFrame([{"session_id": "s1", "role": "assistant", "metadata": '{"truncated": false}'}])
+    assert truncation_report(messages, sessions)["chatbots"]["silent"] == {
+        "truncated": 0, "messages": 0, "share": None, "ci_low": None, "ci_high": None}
+
+
 # --- the real stage on a tiny model ---------------------------------------------------------------
 
 
@@ -199,8 +258,9 @@ HF_BOT = ChatbotParams(name="tiny", backend="hf", system_prompt="Be kind.", deco
 REPLAY = ChatbotParams(name="replay", backend="replay")
 
 
-def test_stage_writes_canonical_sessions_and_is_reproducible(project, tiny_model_dir):
-    first = stage(project, tiny_model_dir, [HF_BOT, REPLAY])
+def test_stage_writes_canonical_sessions_and_is_reproducible(project, tiny_model_dir, caplog):
+    with caplog.at_level("INFO", logger="dial.simulate"):
+        first = stage(project, tiny_model_dir, [HF_BOT, REPLAY])
     assert len(first) == 2 * 2 * 2
     out = project / "out"
     sessions = io.SESSIONS.read(paths.sessions_file(out))
@@ -213,6 +273,18 @@ def test_stage_writes_canonical_sessions_and_is_reproducible(project, tiny_model
     assert (merged["n_user_messages"] == merged.get("user", 0).fillna(0)).all()
     report = json.loads((project / "out.json").read_text())
     assert report["sessions"] == 8 and set(report["per_chatbot"]) == {"tiny", "replay"}
+    # Every simulated message says whether the budget cut it; the report counts them.
+    cut = messages["metadata"].map(lambda m: json.loads(m)["truncated"])
+    chatbot_of = messages["session_id"].map(sessions.set_index("session_id")["chatbot_id"])
+    users, tiny = messages["role"] == "user", (messages["role"] == "assistant") & (chatbot_of == "tiny")
+    truncation = report["truncation"]
+    assert (truncation["user"]["truncated"], truncation["user"]["messages"]) == (int((cut & users).sum()), int(users.sum()))
+    assert (truncation["chatbots"]["tiny"]["truncated"], truncation["chatbots"]["tiny"]["messages"]) == (int((cut & tiny).sum()), int(tiny.sum()))
+    assert truncation["chatbots"]["replay"]["truncated"] == 0 and truncation["chatbots"]["replay"]["messages"] > 0
+    assert truncation["chatbots"]["tiny"]["truncated"] > 0  # a random model rarely ends within 6 tokens
+    logged = next(r.getMessage() for r in caplog.records if "cut by max_new_tokens" in r.getMessage())
+    tiny_counts = truncation["chatbots"]["tiny"]
+    assert f"tiny {tiny_counts['truncated']}/{tiny_counts['messages']}" in logged and "user (zero-shot)" in logged
     second = stage(project, tiny_model_dir, [HF_BOT, REPLAY], out="again")
     assert (project / "out" / "messages.parquet").read_bytes() == (project / "again" / "messages.parquet").read_bytes()
     assert first.equals(second)
@@ -270,3 +342,15 @@ def test_chatbot_failure_names_it_and_finished_sessions_survive_for_the_next_run
     ended_by_flaky = result[result["session_id"].isin(finished) & (result["chatbot_id"] == "flaky")]
     assert (ended_by_flaky["stop_reason"] == "chatbot_ended").all() and len(ended_by_flaky) > 0
     assert not (project / "out.resume.json").exists()
+
+
+def test_a_turn_is_a_burst_of_user_messages_answered_once_and_max_turns_counts_turns():
+    simulator = ScriptedSimulator(lambda conv: f"hey<|msg|>  <|msg|>you there? {user_turns(conv)}")
+    bot = CountingChatbot("bot")
+    (state,) = states(1)
+    Simulation(simulator, [bot], SimulateParams(max_turns=2)).run([state], progress=False)
+    # Flipped, each earlier user message is one assistant message of the prompt: 2 after one turn.
+    assert state.history == [("user", "hey"), ("user", "you there? 0"), ("assistant", "reply 0"),
+                             ("user", "hey"), ("user", "you there? 2"), ("assistant", "reply 1")]
+    assert state.stop_reason == "max_turns" and bot.calls == [1, 1]
+    assert [m["user_turn"] for m in state.message_metadata if "user_turn" in m] == [0, 0, 1, 1]

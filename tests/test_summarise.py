@@ -16,6 +16,7 @@ from dial.summarise import (
     OpenAISummariser,
     SessionText,
     make_summariser,
+    states_structure,
     verbatim_leak,
 )
 
@@ -33,12 +34,45 @@ def test_local_summary_never_quotes_a_user_message(messages, topic):
     assert not verbatim_leak(summary, text.user_messages)
 
 
-def test_local_summary_is_deterministic_and_informative():
+def test_local_summary_is_deterministic_and_describes_topics_and_tone():
     text = SessionText((("user", "My chemistry exam is tomorrow and I cannot sleep"), ("assistant", "That sounds stressful."),
-                        ("user", "chemistry always scares me"), ("user", "what should I do?")))
+                        ("user", "chemistry always scares me, I am so stressed"), ("user", "what should I do?")))
     first, second = LocalSummariser().summarise(text), LocalSummariser().summarise(text)
     assert first == second
-    assert "chemistry" in first and "4 messages" in first and "3 of them from the user" in first
+    assert "chemistry" in first and "tone is negative (stressed)" in first and "asks questions" in first
+
+
+@settings(max_examples=300, deadline=None)
+@given(messages=session)
+def test_local_summary_never_states_the_structure(messages):
+    summary = LocalSummariser().summarise(SessionText(tuple(messages)))
+    assert not states_structure(summary)
+    assert not any(character.isdigit() for character in summary)  # no count or length of any kind
+
+
+def test_local_summary_is_the_same_for_a_burst_and_for_strict_turns():
+    """Real users send bursts, simulated users (today) cannot: the summary both are grounded on
+    must not tell them apart, so the same words split differently give the same summary."""
+    burst = SessionText((("assistant", "hi there, how was the weekend"), ("user", "honestly awful!"),
+                         ("user", "my dog was sick"), ("user", "is that normal?"), ("assistant", "oh no, poor dog")))
+    strict = SessionText((("user", "honestly awful! my dog was sick is that normal?"),
+                          ("assistant", "hi there, how was the weekend oh no, poor dog")))
+    summary = LocalSummariser().summarise(burst)
+    assert summary == LocalSummariser().summarise(strict)
+    assert "dog" in summary and "exclamation" in summary
+
+
+@pytest.mark.parametrize(
+    "summary",
+    ["A conversation of 12 messages.", "The user sends several short messages in a row.", "They wrote two long replies.",
+     "The user sent the last message.", "About 5 words per message."],
+)
+def test_states_structure_catches_counts_lengths_bursts_and_last_speaker(summary):
+    assert states_structure(summary)
+
+
+def test_states_structure_lets_topics_and_tone_through():
+    assert not states_structure("Main topics: exam, sleep. The user's tone is negative (tired); the user asks questions.")
 
 
 def test_verbatim_leak_definition():
@@ -90,6 +124,17 @@ def test_openai_summariser_protocol_retry_and_key(endpoint, monkeypatch):
     request = handler.requests[-1]
     assert request["path"] == "/v1/chat/completions" and request["auth"] == "Bearer secret-123"
     assert request["body"]["model"] == "tiny" and "exam tomorrow help" in request["body"]["messages"][1]["content"]
+    system_prompt = request["body"]["messages"][0]["content"]
+    assert "topics" in system_prompt and "tone" in system_prompt and "Never describe the conversation's structure" in system_prompt
+
+
+def test_openai_summariser_falls_back_when_it_states_the_structure(endpoint):
+    url, handler = endpoint
+    handler.replies = [(200, "The user is anxious about exams and sends 3 messages in a row.")]
+    summariser = OpenAISummariser(OpenAIEndpointParams(base_url=url, model="tiny"))
+    summary = summariser.summarise(SessionText((("user", "exam"), ("user", "tomorrow"), ("user", "help"))))
+    assert summary == LocalSummariser().summarise(SessionText((("user", "exam"), ("user", "tomorrow"), ("user", "help"))))
+    assert summariser.fallbacks == 1
 
 
 def test_openai_summariser_falls_back_when_it_quotes(endpoint):

@@ -11,7 +11,7 @@ from typing import Callable
 from dial.chatbots import Chatbot, ChatRequest
 from dial.generation import ChatGenerator
 from dial.params import DecodingParams
-from dial.prompting import DEFAULT_END_MARKER, simulator_messages
+from dial.prompting import DEFAULT_END_MARKER, DEFAULT_MESSAGE_SEPARATOR, parse_user_turn, simulator_messages
 from dial.simulate import stable_seed
 
 QUIT_COMMANDS = {"/quit", "/exit", "/end"}
@@ -27,24 +27,23 @@ def chat_loop(
     max_turns: int = 20,
     seed: int = 0,
     end_marker: str = DEFAULT_END_MARKER,
+    message_separator: str = DEFAULT_MESSAGE_SEPARATOR,
 ) -> str:
-    """Alternate simulator (user) and chatbot (backend, or a person through `ask`) messages.
-    Returns the stop reason."""
+    """Alternate simulator (user) and chatbot (backend, or a person through `ask`) turns; a user
+    turn may be several messages (`parse_user_turn`). Returns the stop reason."""
     history: list[tuple[str, str]] = []
     for turn in range(max_turns):
         (generated,) = simulator.generate(
             [simulator_messages(context_text, history)], decoding, [stable_seed(seed, "user", turn)], cache_keys=["chat"]
         )
-        text = generated.text
-        ended = end_marker in text
-        text = text.split(end_marker, 1)[0].strip()
-        if text:
+        user_turn = parse_user_turn(generated.text, end_marker, message_separator)
+        for text in user_turn.messages:
             history.append(("user", text))
             say(f"USER    {text}")
-        if ended:
+        if user_turn.ends:
             say("--- the simulated user ended the conversation")
             return "user_ended"
-        if not text:
+        if not user_turn.messages:
             say("--- the simulator produced an empty message")
             return "empty_message"
         if chatbot is None:

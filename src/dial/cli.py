@@ -205,7 +205,8 @@ def chat(
     generator = ChatGenerator.load(paths.BASE_MODEL_DIR, adapter, precision=params.simulate.precision, batch_size=1)
     typer.echo(f"simulator {simulator} as the user of session {row['session_id']}\ncontext summary: {row['current_summary']}\n")
     chat_loop(generator, row["context_text"], params.simulate.decoding, bot, ask=input, say=typer.echo,
-              max_turns=max_turns, seed=seed, end_marker=params.sft_samples.end_marker)
+              max_turns=max_turns, seed=seed, end_marker=params.sft_samples.end_marker,
+              message_separator=params.sft_samples.message_separator)
 
 
 @app.command()

@@ -26,9 +26,19 @@ Encoding (`SessionEncoder`, `encode_session`)
     last user message's <|im_end|> (trailing chatbot messages carry no label). Labels: the session's
     class (real = 1, simulated = 0) at the <|im_end|> of every user message, −100 elsewhere.
 
-    view `full` shows the chatbot's text; `user_only` replaces it with ASSISTANT_PLACEHOLDER and keeps
-    the role markers and turn order (our real corpora talked to humans, not to our chatbots: a
-    discriminator reading the chatbot would detect the chatbot, not the user).
+    view `full` (the paper's) shows every message as it was, chatbot text and turn structure
+    included. `user_only` hides the chatbot (our real corpora talked to humans, not to our
+    chatbots: a discriminator reading the chatbot would detect the chatbot, not the user) and the
+    turn structure (issue #11): it shows the user's messages in order, with one ASSISTANT_PLACEHOLDER
+    message before each user message but the first, whatever came between. Real users send bursts
+    (several messages in a row), open after a chatbot greeting and get several chatbot messages in
+    a row; the simulator, which writes exactly one message per turn after which the chatbot answers
+    once, can do none of that, so a view that kept the real turn order would let the discriminator
+    win on structure the simulator does not control. Placeholders carry no text, length or count:
+    a real session and a simulated one with the same user messages encode to the same tokens, so
+    the discriminator can only win on what the simulated user writes (and how many messages it
+    sends, which it controls by ending the conversation). When the simulator can send bursts, the
+    real turn order becomes something it controls and could be shown again.
 
 Token budget (`max_tokens`)
     The context is never cut. Messages are kept from the start while they fit; the first user
@@ -37,7 +47,8 @@ Token budget (`max_tokens`)
     the oldest messages would change what the model saw before each kept turn. Dropped user messages
     keep a row in the scores with status `over_max_tokens` (never silently lost); a context that
     alone exceeds the budget makes its session unscorable (`context_too_long`). `max_user_turns` (0 =
-    off) cuts both classes after that many user messages (`over_max_user_turns`): set it to the
+    off) cuts both classes after that many user turns, a burst of consecutive user messages counting
+    once (`over_max_user_turns`): set it to the
     simulator's `simulate.max_turns`, or real sessions (longer than any simulated one) are told apart
     by their turn count alone.
 
@@ -68,6 +79,9 @@ Metrics (`discriminator_metrics`): positive class = real, a message is predicted
 p_real ≥ 0.5 (logit ≥ 0); accuracy, F1 and MCC at user turns 1, 5, 10, 25 and overall over all
 scored user messages of the validation sessions. F1 and MCC are 0 when undefined (sklearn's
 convention: no predicted and no true positive; a margin of the confusion matrix is empty).
+Beside them the report carries `structure_baseline` (`dial.structure_baseline`): a logistic
+regression on the structure alone of the same sessions, cut and split as here, with its 95 % Wilson
+interval; how much a discriminator could win without reading the user's words.
 """
 
 from __future__ import annotations
@@ -91,12 +105,13 @@ from tqdm.auto import tqdm
 from dial.errors import DialError
 from dial.models import quiet_peft_deprecation
 from dial.params import DiscriminatorParams, LoraParams, Precision, View  # noqa: F401 (re-exported)
+from dial.prompting import user_messages_in_turns
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "dial_model.json"
 SELECTION_FILE = "selection.json"
-ENCODING_VERSION = "chatml-explicit-v1"
+ENCODING_VERSION = "chatml-explicit-v2"  # v2: user_only shows no turn structure
 ASSISTANT_PLACEHOLDER = "[chatbot message]"
 IGNORE_INDEX = -100
 REAL, SIMULATED = 1, 0
@@ -185,6 +200,19 @@ class SessionEncoder:
             if backend is not None:
                 backend.encode_special_tokens = before
 
+    def shown_turns(self, turns: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+        """The (role, text) messages the view shows: `full` all of them; `user_only` the user's
+        messages, one placeholder before each but the first (see the module docstring)."""
+        if self.view == "full":
+            return list(turns)
+        shown: list[tuple[str, str]] = []
+        for role, text in turns:
+            if role == "user":
+                if shown:
+                    shown.append(("assistant", ASSISTANT_PLACEHOLDER))
+                shown.append(("user", text))
+        return shown
+
     def encode(
         self,
         context_text: str | None,
@@ -197,21 +225,22 @@ class SessionEncoder:
         user_turns = [i for i, (role, _) in enumerate(turns) if role == "user"]
         if context_text is None:
             return EncodedSession(session_id, [], None, [], user_turns, [NO_CONTEXT] * len(user_turns), label)
-        shown = [
-            text if role == "user" or self.view == "full" else ASSISTANT_PLACEHOLDER for role, text in turns
-        ]
-        if len(turns) and self.max_user_turns and len(user_turns) > self.max_user_turns:
-            last = user_turns[self.max_user_turns - 1]
+        shown = self.shown_turns(turns)
+        # max_user_turns counts user turns (bursts count once), as simulate.max_turns does.
+        n_kept_users = (
+            user_messages_in_turns([role for role, _ in turns], self.max_user_turns) if self.max_user_turns else len(user_turns)
+        )
+        if n_kept_users < len(user_turns):
+            last = [i for i, (role, _) in enumerate(shown) if role == "user"][n_kept_users - 1]
             shown = shown[: last + 1]
-        text_ids = self._texts([context_text] + shown)
+        text_ids = self._texts([context_text] + [text for _, text in shown])
         ids = self.header["system"] + text_ids[0] + self.end
         if len(ids) > self.max_tokens:
             return EncodedSession(session_id, [], None, [], user_turns, [CONTEXT_TOO_LONG] * len(user_turns), label)
         context_end = len(ids) - 1
         keep = len(ids)  # the sequence is cut after the last kept user message's <|im_end|>
         positions: list[int] = []
-        for index, piece in enumerate(text_ids[1:]):
-            role = turns[index][0]
+        for (role, _), piece in zip(shown, text_ids[1:]):
             message = self.newline + self.header[role] + piece + self.end
             if len(ids) + len(message) > self.max_tokens:
                 break
@@ -220,9 +249,8 @@ class SessionEncoder:
                 keep = len(ids)
                 positions.append(keep - 1)
         status = [SCORED] * len(positions)
-        n_budgeted = len(user_turns) if not self.max_user_turns else min(len(user_turns), self.max_user_turns)
-        status += [OVER_MAX_TOKENS] * (n_budgeted - len(positions))
-        status += [OVER_MAX_USER_TURNS] * (len(user_turns) - n_budgeted)
+        status += [OVER_MAX_TOKENS] * (n_kept_users - len(positions))
+        status += [OVER_MAX_USER_TURNS] * (len(user_turns) - n_kept_users)
         return EncodedSession(session_id, ids[:keep], context_end, positions, user_turns, status, label)
 
 
@@ -676,6 +704,27 @@ def select_sessions(
 # --------------------------------------------------------------------------------------------
 
 
+def selection_structure_baseline(
+    selection: Selection, real_messages: pd.DataFrame, simulated_messages: pd.DataFrame, tokenizer, cap_tokens: int = 0
+) -> dict:
+    """The structure-only baseline (`dial.structure_baseline`) on the selected sessions and split,
+    each session cut after its last scored user message, as the discriminator reads it."""
+    from dial.models import count_tokens
+    from dial.structure_baseline import cut_after_user_message, structure_baseline
+
+    messages = pd.concat([real_messages, simulated_messages], ignore_index=True)
+    messages = messages[messages["session_id"].isin(set(selection.frame["session_id"]))]
+    ordered = messages.sort_values(["session_id", "turn_index"], kind="stable")
+    turns_of = {
+        session_id: list(zip(group["role"], group["text"])) for session_id, group in ordered.groupby("session_id", sort=False)
+    }
+    splits = {"train": [], "valid": []}
+    for session_id, session_is_real, split in selection.frame[["session_id", "is_real", "split"]].itertuples(index=False):
+        turns = cut_after_user_message(turns_of[session_id], selection.encoded[session_id].n_scored)
+        splits[split].append((turns, bool(session_is_real)))
+    return structure_baseline(splits["train"], splits["valid"], lambda texts: count_tokens(tokenizer, texts), cap_tokens)
+
+
 @dataclass
 class TrainResult:
     summary: dict  # counts, losses, precision, sizes (no timings: reports must be reproducible)
@@ -766,6 +815,7 @@ def train_discriminator(
     tokenizer = load_tokenizer(base_model_dir)
     encoder = SessionEncoder(tokenizer, params.view, params.max_tokens, params.max_user_turns)
     selection = select_sessions(params, encoder, real_sessions, real_messages, simulated_sessions, simulated_messages, contexts)
+    baseline = selection_structure_baseline(selection, real_messages, simulated_messages, tokenizer, params.generation_cap_tokens)
     train_items = selection.items("train")
     if not train_items:
         raise DialError(
@@ -800,6 +850,7 @@ def train_discriminator(
         "trainable_params": trainable,
         "total_params": total,
         "valid_accuracy": metrics["overall"]["accuracy"],
+        "structure_baseline": baseline,
     }
     manifest = {
         "kind": "discriminator",
@@ -866,5 +917,10 @@ def run_discriminator(
     log.info(
         "discriminator@%s: held-out accuracy %s, F1 %s, MCC %s on %d user messages",
         simulator_id, overall["accuracy"], overall["f1"], overall["mcc"], overall["n"],
+    )
+    baseline = result.summary["structure_baseline"]
+    log.info(
+        "discriminator@%s: structure-only baseline accuracy %s (95%% CI %s–%s) on %d validation sessions, trained on %d",
+        simulator_id, baseline["accuracy"], baseline["ci_low"], baseline["ci_high"], baseline["n"], baseline["train_n"],
     )
     return report

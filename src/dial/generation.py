@@ -29,7 +29,9 @@ END_OF_TURN_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "</s>")
 class Generated:
     text: str
     n_tokens: int  # generated tokens, end-of-turn token included when emitted
-    hit_max_tokens: bool  # stopped by max_new_tokens rather than by an end-of-turn token
+    # Stopped by max_new_tokens without an end-of-turn token: the text is cut, not finished (the
+    # token that would have ended it exactly at the cap counts as ended).
+    hit_max_tokens: bool
 
 
 def bf16_supported(device: torch.device) -> bool:

@@ -6,30 +6,49 @@ For simulator S and the discriminator D_S trained on S's sessions:
    and token budgets D_S was trained with, from its `dial_model.json`); the reward of each user
    message is r_t = logit(p_t) − logit(p_{t−1}) (`message_rewards`); per session the
    `n_per_session` messages with the highest and the lowest reward are the critical points
-   (`critical_points`).
+   (`critical_points`). Only sessions D_S did not train on get critical points
+   (`exclude_discriminator_train`, default): at our sizes a discriminator memorises its training
+   sessions, so their rewards say what it remembers, not what it learnt about real users. The
+   report compares the mean |reward| of trained-on and held-out sessions (the memorisation that
+   the exclusion avoids).
 
-2. **Alternatives.** At a critical point (session s, user message at turn_index i) the simulator
-   prompt is `simulator_messages(context, history before i)` — the context of the real session
-   that grounded s, then s's messages before i, flipped — exactly the prompt S answered when it
-   wrote message i. S samples `n_alternatives` new messages there with the simulation decoding;
+2. **Alternatives.** A user *turn* (one generation: one or more consecutive user messages, see
+   `dial.prompting`) is one action, so a critical point is the whole turn its critical message
+   belongs to: turn_index i is the turn's first message (a second critical message in the same
+   turn adds no point; counted). The simulator prompt is `simulator_messages(context, history
+   before i)` — the context of the real session that grounded s, then s's messages before i,
+   flipped — exactly the prompt S answered when it wrote that turn. S samples `n_alternatives` new
+   turns there with the simulation decoding;
    alternative j gets seed `stable_seed(seed, session_id, turn_index, j)`, so a candidate never
    depends on which other points exist. All alternatives of all points go to ONE
    `ChatGenerator.generate` call: rows are batched, and the rows of one point share a prompt,
    which the generator prefills once per batch (keep `generate_batch_size` a multiple of
    `n_alternatives` so a point's rows never straddle two batches).
 
-   Text handling mirrors the simulation: an alternative that starts with the end-of-conversation
-   marker is status `end_of_conversation`; words before a marker later in the text are the message
-   (the simulation stores the same); blank text is `empty`. Neither is scored. Identical texts at
+   Text handling is the simulation's (`prompting.parse_user_turn`): an alternative's text is its
+   turn as `join_user_turn` writes it — its messages joined by the separator, and the end marker
+   as the last piece when it ends the conversation (ending is one more action, kept whole into the
+   pair and DPO). An alternative with neither message nor marker is `empty`, not scored. Identical texts at
    one point are scored once: later copies are `duplicate` (same tokens, hence the same reward,
    which they carry) and never form a pair with their twin. Points whose prompt alone reaches the
    DPO `max_tokens` (or the simulator's position window) are not sampled at all: their candidates
    have status `prompt_over_max_tokens` / `prompt_over_simulator_window` and empty text.
 
 3. **Scoring in the identical history.** Each alternative is encoded as the session cut before i
-   plus ("user", alternative) with D_S's `SessionEncoder` (same view, budget, markers), and
-   reward = logit at the alternative's end − logit at the previous user message's end (p_0, the
-   context end, for a first user message). Both logits come from the same forward pass. The
+   plus its messages as consecutive user messages with D_S's `SessionEncoder` (same view, budget,
+   markers), and reward = logit at the end of its last message − logit at the previous user
+   message's end (p_0, the context end, for a first user turn).
+
+   An alternative that ends the conversation is scored as the session would then be. Its messages
+   (if any) are scored as any turn's: the discriminator reads causally and reads nothing after a
+   user message, so it cannot see that the session ended there, in real sessions as in simulated
+   ones. An end with no message is the session as it is, read at its last user message: logit =
+   logit_prev, reward exactly 0. That is fair rather than favourable: the end adds no evidence either
+   way, so it beats the alternatives that make the session look simulated (negative reward) and
+   loses to those that make it look real. With the paper's sign filter (r_chosen > 0 > r_rejected)
+   a bare end is never in a kept pair (0 is neither); without it (`require_opposite_signs: false`)
+   it can be chosen or rejected. An end-aware discriminator would be needed to reward ending
+   itself. Both logits come from the same forward pass. The
    tokens before the alternative are identical to those of the scored session, and causal
    attention makes the output at a position depend on the tokens up to it only. So logit_prev is
    the value `score_sessions` gave the session (it is the same computation; numerically equal up
@@ -45,11 +64,13 @@ For simulator S and the discriminator D_S trained on S's sessions:
 
 4. **Pair and filter.** Among the `scored` candidates of a point (distinct texts), chosen = the
    highest reward, rejected = the lowest among the others (ties: the lower candidate_index).
-   Kept only if r_chosen > 0 and r_rejected < 0 (paper's filter), and if the prompt plus the
-   longer completion fit `max_tokens` (the DPO sample length; counted with the simulator's chat
-   template). Each point has one outcome: `kept` or the first failing reason of
-   too_few_scored_candidates (< 2 distinct scored texts), chosen_reward_not_positive,
-   rejected_reward_not_negative, over_max_tokens.
+   Kept only if r_chosen > 0 and r_rejected < 0 (paper's filter; `require_opposite_signs:
+   false` keeps any point with r_chosen > r_rejected, for a discriminator whose rewards all lean
+   one way), and if the prompt plus the longer completion fit `max_tokens` (the DPO sample
+   length; counted with the simulator's chat template). Each point has one outcome: `kept` or the
+   first failing reason of too_few_scored_candidates (< 2 distinct scored texts),
+   chosen_reward_not_positive, rejected_reward_not_negative, rewards_tied (without the sign
+   filter), over_max_tokens.
 
 Outputs: `candidates.parquet` (`pair_candidates`: every candidate of every point, with its status,
 logits, reward, seed and generated tokens), `pairs.parquet` (`preference_pairs`: one row per kept
@@ -65,7 +86,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Collection, Sequence
 
 import numpy as np
 import pandas as pd
@@ -84,7 +105,14 @@ from dial.discriminator import (
     score_sessions,
 )
 from dial.errors import DialError
-from dial.prompting import DEFAULT_END_MARKER, is_end_of_conversation, simulator_messages
+from dial.prompting import (
+    DEFAULT_END_MARKER,
+    DEFAULT_MESSAGE_SEPARATOR,
+    is_end_of_conversation,
+    join_user_turn,
+    parse_user_turn,
+    simulator_messages,
+)
 from dial.rewards import critical_points, message_rewards
 from dial.simulate import stable_seed
 from dial.params import PairsParams  # noqa: F401 (defined with the other params)
@@ -97,13 +125,11 @@ KINDS = ("highest", "lowest")
 SCORED = "scored"
 DUPLICATE = "duplicate"
 EMPTY = "empty"
-END_OF_CONVERSATION = "end_of_conversation"
 OVER_DISCRIMINATOR_BUDGET = "over_discriminator_budget"
 PROMPT_OVER_MAX_TOKENS = "prompt_over_max_tokens"
 PROMPT_OVER_SIMULATOR_WINDOW = "prompt_over_simulator_window"
 CANDIDATE_STATUSES = (
-    SCORED, DUPLICATE, EMPTY, END_OF_CONVERSATION, OVER_DISCRIMINATOR_BUDGET, PROMPT_OVER_MAX_TOKENS,
-    PROMPT_OVER_SIMULATOR_WINDOW,
+    SCORED, DUPLICATE, EMPTY, OVER_DISCRIMINATOR_BUDGET, PROMPT_OVER_MAX_TOKENS, PROMPT_OVER_SIMULATOR_WINDOW,
 )
 _NOT_SAMPLED = (PROMPT_OVER_MAX_TOKENS, PROMPT_OVER_SIMULATOR_WINDOW)
 
@@ -112,8 +138,9 @@ KEPT = "kept"
 TOO_FEW_SCORED = "too_few_scored_candidates"
 CHOSEN_NOT_POSITIVE = "chosen_reward_not_positive"
 REJECTED_NOT_NEGATIVE = "rejected_reward_not_negative"
+REWARDS_TIED = "rewards_tied"
 OVER_MAX_TOKENS = "over_max_tokens"
-DROP_REASONS = (TOO_FEW_SCORED, CHOSEN_NOT_POSITIVE, REJECTED_NOT_NEGATIVE, OVER_MAX_TOKENS)
+DROP_REASONS = (TOO_FEW_SCORED, CHOSEN_NOT_POSITIVE, REJECTED_NOT_NEGATIVE, REWARDS_TIED, OVER_MAX_TOKENS)
 
 CANDIDATE_COLUMNS = [
     "session_id", "turn_index", "user_turn_number", "kind", "candidate_index", "text", "status", "logit",
@@ -134,13 +161,13 @@ _PAIR_DTYPES = [str, str, "int64", str, str, str, str, "float64", "float64", "in
 
 @dataclass(frozen=True)
 class CriticalPoint:
-    """A user message of a simulated session where alternatives are sampled."""
+    """A user turn of a simulated session where alternatives are sampled."""
 
     session_id: str
-    turn_index: int
-    user_turn_number: int
+    turn_index: int  # the turn's first message
+    user_turn_number: int  # of that first message among the session's user messages (1 = first)
     kind: str  # "highest" | "lowest"
-    reward: float  # the original message's reward
+    reward: float  # the critical message's reward
     context_text: str
     history: tuple[tuple[str, str], ...]  # (role, text) of the session's messages before turn_index
 
@@ -156,7 +183,8 @@ def build_points(
     critical: pd.DataFrame, sessions: pd.DataFrame, messages: pd.DataFrame, contexts: pd.DataFrame
 ) -> list[CriticalPoint]:
     """`critical` (rows of `critical_points`) as CriticalPoints with their context and history,
-    ordered by (session_id, turn_index)."""
+    ordered by (session_id, turn_index): each point is the whole user turn of its critical message
+    (one point per turn; the earlier critical message of a turn names it)."""
     if critical.empty:
         return []
     context_of = dict(zip(contexts["session_id"].astype(str), contexts["context_text"]))
@@ -171,15 +199,20 @@ def build_points(
         turns = turns_of[row.session_id]
         if turns[row.turn_index][0] != "user":
             raise DialError(f"session {row.session_id}: critical point at turn {row.turn_index} is not a user message")
+        start = int(row.turn_index)
+        while start > 0 and turns[start - 1][0] == "user":
+            start -= 1  # back to the first message of the burst
+        if points and (points[-1].session_id, points[-1].turn_index) == (str(row.session_id), start):
+            continue  # the turn is already a point
         points.append(
             CriticalPoint(
                 session_id=str(row.session_id),
-                turn_index=int(row.turn_index),
-                user_turn_number=int(row.user_turn_number),
+                turn_index=start,
+                user_turn_number=int(row.user_turn_number) - (int(row.turn_index) - start),
                 kind=str(row.kind),
                 reward=float(row.reward),
                 context_text=context_of[grounding[row.session_id]],  # scored ⇒ the context exists
-                history=tuple(turns[: row.turn_index]),
+                history=tuple(turns[:start]),
             )
         )
     return points
@@ -190,15 +223,16 @@ def build_points(
 # --------------------------------------------------------------------------------------------
 
 
-def candidate_text(generated: str, end_marker: str = DEFAULT_END_MARKER) -> tuple[str, str | None]:
-    """(text kept, status if it cannot be scored) of a sampled message, as the simulation treats it:
-    a leading end marker ends the conversation, words before a later marker are the message."""
-    if is_end_of_conversation(generated, end_marker):
-        return generated.strip(), END_OF_CONVERSATION
-    text = generated.split(end_marker, 1)[0].strip() if end_marker in generated else generated.strip()
-    if not text:
+def candidate_text(
+    generated: str, end_marker: str = DEFAULT_END_MARKER, separator: str = DEFAULT_MESSAGE_SEPARATOR
+) -> tuple[str, str | None]:
+    """(text kept, status if it cannot be scored) of a sampled turn, read by the simulation's rule
+    (`parse_user_turn`) and kept whole: its messages joined by the separator, the end marker last
+    when it ends the conversation (`join_user_turn`). Neither message nor marker: `empty`."""
+    user_turn = parse_user_turn(generated, end_marker, separator)
+    if not user_turn.messages and not user_turn.ends:
         return "", EMPTY
-    return text, None
+    return join_user_turn(user_turn.messages, user_turn.ends, end_marker, separator), None
 
 
 def sample_alternatives(
@@ -207,8 +241,9 @@ def sample_alternatives(
     params: PairsParams,
     end_marker: str = DEFAULT_END_MARKER,
     progress: bool = True,
+    message_separator: str = DEFAULT_MESSAGE_SEPARATOR,
 ) -> tuple[pd.DataFrame, list[int]]:
-    """Sample `n_alternatives` messages at every point in one `generator.generate` call.
+    """Sample `n_alternatives` turns at every point in one `generator.generate` call.
 
     Returns the candidates (scores still NaN; status `scored` means "to be scored") and each
     point's prompt token count with the simulator's chat template."""
@@ -243,7 +278,7 @@ def sample_alternatives(
                 rows.append({**row, "text": "", "status": skipped[index], "seed": seed, "n_tokens": 0})
                 continue
             output, seed = by_job[(index, j)]
-            text, status = candidate_text(output.text, end_marker)
+            text, status = candidate_text(output.text, end_marker, message_separator)
             if status is None:
                 status = DUPLICATE if text in seen else SCORED
                 seen.add(text)
@@ -366,22 +401,30 @@ def score_alternatives(
     precision: str = "fp32",
     share_prefix: bool = True,
     progress: bool = False,
+    end_marker: str = DEFAULT_END_MARKER,
+    message_separator: str = DEFAULT_MESSAGE_SEPARATOR,
 ) -> pd.DataFrame:
-    """Fill logit, logit_prev and reward of the `scored` candidates (each in its point's exact
-    history, see the module docstring); those over the discriminator's budget get status
-    `over_discriminator_budget`, duplicates the values of their first copy."""
+    """Fill logit, logit_prev and reward of the `scored` candidates (each turn's messages in its
+    point's exact history; an end without a message is the history alone: reward 0, see the module
+    docstring); those over the discriminator's budget get status `over_discriminator_budget`,
+    duplicates the values of their first copy."""
     frame = candidates.reset_index(drop=True)  # positions == labels below
     rows_of = frame.groupby(["session_id", "turn_index"], sort=False).indices
     groups, group_rows = [], []
+    points_of_rows: dict[int, CriticalPoint] = {}
     for point in points:
         rows = [r for r in rows_of.get((point.session_id, point.turn_index), []) if frame.at[r, "status"] == SCORED]
         encoded, kept = [], []
+        before = point.user_turn_number - 1  # user messages before the turn
         for r in rows:
-            item = encoder.encode(point.context_text, [*point.history, ("user", frame.at[r, "text"])], session_id=point.pair_id)
-            fits = item.context_end is not None and item.n_scored == point.user_turn_number
-            if fits and item.user_status[point.user_turn_number - 1] == DISCRIMINATOR_SCORED:
+            user_turn = parse_user_turn(frame.at[r, "text"], end_marker, message_separator)
+            new = [("user", message) for message in user_turn.messages]
+            item = encoder.encode(point.context_text, [*point.history, *new], session_id=point.pair_id)
+            fits = item.context_end is not None and item.n_scored == before + len(new)
+            if fits and all(status == DISCRIMINATOR_SCORED for status in item.user_status[before : before + len(new)]):
                 encoded.append(item)
                 kept.append(r)
+                points_of_rows[r] = point
             else:
                 frame.at[r, "status"] = OVER_DISCRIMINATOR_BUDGET
         groups.append(encoded)
@@ -389,10 +432,11 @@ def score_alternatives(
     logits = alternative_logits(model, tokenizer, groups, batch_size, precision, share_prefix, progress)
     for rows, values in zip(group_rows, logits):
         for r, v in zip(rows, values):
-            # read positions: p_0, then every user message; the alternative is the last one.
+            # read positions: p_0, then every user message; the turn's messages are the last ones.
+            before = points_of_rows[r].user_turn_number - 1
             frame.at[r, "logit"] = float(v[-1])
-            frame.at[r, "logit_prev"] = float(v[-2])
-            frame.at[r, "reward"] = float(v[-1]) - float(v[-2])
+            frame.at[r, "logit_prev"] = float(v[before])
+            frame.at[r, "reward"] = float(v[-1]) - float(v[before])
     # Duplicates: the same tokens as their first copy, hence its values.
     for (_, _), rows in rows_of.items():
         first: dict[str, int] = {}
@@ -422,12 +466,13 @@ class PairChoice:
     rejected_reward: float = math.nan
 
 
-def select_pair(candidates: pd.DataFrame) -> PairChoice:
+def select_pair(candidates: pd.DataFrame, require_opposite_signs: bool = True) -> PairChoice:
     """Chosen / rejected among one point's candidates (columns candidate_index, text, status,
     reward): only `scored` rows with distinct texts count (a repeated text keeps its lowest
     candidate_index). chosen = highest reward, rejected = lowest among the rest; ties go to the
-    lower candidate_index. Kept iff r_chosen > 0 and r_rejected < 0. The token budget is checked
-    later (`build_pairs`)."""
+    lower candidate_index. Kept iff r_chosen > 0 and r_rejected < 0 (the paper's filter), or, with
+    `require_opposite_signs=False`, iff r_chosen > r_rejected. The token budget is checked later
+    (`build_pairs`)."""
     scored = candidates[(candidates["status"] == SCORED) & np.isfinite(candidates["reward"].astype("float64"))]
     scored = scored.sort_values("candidate_index", kind="stable").drop_duplicates("text", keep="first")
     if len(scored) < 2:
@@ -443,6 +488,8 @@ def select_pair(candidates: pd.DataFrame) -> PairChoice:
         chosen_reward=float(chosen_row["reward"]),
         rejected_reward=float(rejected_row["reward"]),
     )
+    if not require_opposite_signs:
+        return PairChoice(KEPT if choice["chosen_reward"] > choice["rejected_reward"] else REWARDS_TIED, **choice)
     if not choice["chosen_reward"] > 0:
         return PairChoice(CHOSEN_NOT_POSITIVE, **choice)
     if not choice["rejected_reward"] < 0:
@@ -456,6 +503,7 @@ def build_pairs(
     prompt_tokens: Sequence[int],
     tokenizer,
     max_tokens: int,
+    require_opposite_signs: bool = True,
 ) -> tuple[pd.DataFrame, list[str]]:
     """The kept preference pairs (PAIR_COLUMNS) and every point's outcome. Token counts use the
     simulator's chat template: the prompt with its generation prompt, each completion as the
@@ -470,7 +518,7 @@ def build_pairs(
         if group["status"].isin(_NOT_SAMPLED).any():
             outcomes.append(OVER_MAX_TOKENS)
             continue
-        choice = select_pair(group)
+        choice = select_pair(group, require_opposite_signs)
         outcomes.append(choice.outcome)
         if choice.outcome == KEPT:
             text_of = dict(zip(group["candidate_index"], group["text"]))
@@ -510,6 +558,12 @@ def build_pairs(
 # --------------------------------------------------------------------------------------------
 # The whole step
 # --------------------------------------------------------------------------------------------
+
+
+def _mean_abs(values) -> float | None:
+    finite = np.asarray(values, dtype="float64")
+    finite = finite[np.isfinite(finite)]
+    return round(float(np.abs(finite).mean()), 6) if finite.size else None
 
 
 def _stats(values) -> dict:
@@ -592,10 +646,13 @@ def make_pairs(
     load_simulator: Callable[[], object],
     end_marker: str = DEFAULT_END_MARKER,
     progress: bool = True,
+    discriminator_train_sessions: Collection[str] = (),
+    message_separator: str = DEFAULT_MESSAGE_SEPARATOR,
 ) -> PairsResult:
     """The whole step in memory. `discriminator` = (model, tokenizer, manifest) as
     `load_discriminator` returns; `load_simulator()` returns the simulator's `ChatGenerator` and
-    is only called when there is a critical point."""
+    is only called when there is a critical point. `discriminator_train_sessions`: the simulated
+    sessions D_S trained on (no critical point there with `params.exclude_discriminator_train`)."""
     from dial.training.common import resolve_precision
 
     if is_real(sessions).any():
@@ -610,7 +667,8 @@ def make_pairs(
         progress,
     )
     rewards = message_rewards(scores)
-    critical = critical_points(rewards, params.n_per_session)
+    trained_on = rewards["session_id"].isin(set(discriminator_train_sessions))
+    critical = critical_points(rewards[~trained_on] if params.exclude_discriminator_train else rewards, params.n_per_session)
     n_sessions_with_points = int(critical["session_id"].nunique())
     if params.max_sessions and n_sessions_with_points > params.max_sessions:
         # A seeded, order-independent subset of sessions (CPU budget): alternatives cost
@@ -624,22 +682,45 @@ def make_pairs(
     if points:
         simulator = load_simulator()
         started = time.perf_counter()
-        candidates, prompt_tokens = sample_alternatives(simulator, points, params, end_marker, progress)
+        candidates, prompt_tokens = sample_alternatives(simulator, points, params, end_marker, progress, message_separator)
         log.info("pairs: %d alternatives sampled in %.1f s", len(candidates), time.perf_counter() - started)
         started = time.perf_counter()
         encoder = SessionEncoder(tokenizer, view, budget, max_user_turns)
         candidates = score_alternatives(
-            model, tokenizer, encoder, points, candidates, params.score_batch_size, precision, params.share_prefix, progress
+            model, tokenizer, encoder, points, candidates, params.score_batch_size, precision, params.share_prefix, progress,
+            end_marker, message_separator,
         )
         log.info("pairs: alternatives scored in %.1f s", time.perf_counter() - started)
         _log_prefix_agreement(rewards, candidates)
-        pairs, outcomes = build_pairs(points, candidates, prompt_tokens, simulator.tokenizer, params.max_tokens)
+        pairs, outcomes = build_pairs(
+            points, candidates, prompt_tokens, simulator.tokenizer, params.max_tokens, params.require_opposite_signs
+        )
     else:
         candidates, prompt_tokens = _candidates_frame([]), []
         pairs, outcomes = build_pairs([], candidates, [], None, params.max_tokens)
     report = pairs_report(sessions, scores, points, candidates, pairs, outcomes, manifest, params)
+    report["critical_messages_in_a_turn_already_a_point"] = int(len(critical)) - len(points)
+    # Ending is one more action: how often it was sampled, and kept in a pair.
+    def ending(texts) -> list[bool]:
+        return [is_end_of_conversation(text, end_marker) for text in texts]
+
+    report["ending_alternatives"] = {
+        "sampled": sum(ending(candidates["text"])),
+        "scored": sum(ending(candidates.loc[candidates["status"] == SCORED, "text"])),
+        "kept_as_chosen": sum(ending(pairs["chosen"])),
+        "kept_as_rejected": sum(ending(pairs["rejected"])),
+    }
     report["sessions_with_critical_points"] = n_sessions_with_points
     report["sessions_sampled_for_alternatives"] = len({point.session_id for point in points})
+    report["require_opposite_signs"] = params.require_opposite_signs
+    report["discriminator_train_sessions"] = {
+        "sessions": int(rewards.loc[trained_on, "session_id"].nunique()),
+        "excluded": params.exclude_discriminator_train,
+        # Memorisation shows as larger rewards on the sessions D_S trained on than on the others.
+        "mean_abs_reward_trained_on": _mean_abs(rewards.loc[trained_on, "reward"]),
+        "mean_abs_reward_held_out": _mean_abs(rewards.loc[~trained_on, "reward"]),
+    }
+    report["precision"] = precision  # what `auto` resolved to: bf16 and fp32 machines sample different pairs
     return PairsResult(candidates, pairs, report, scores, points)
 
 
@@ -666,13 +747,14 @@ def run_pairs(
     out_dir: Path,
     report_file: Path,
     progress: bool = True,
+    message_separator: str = DEFAULT_MESSAGE_SEPARATOR,
 ) -> dict:
     """The `pairs` stage: read simulator S's sessions (`simulated_dir`), the contexts and D_S
     (`discriminator_dir`, on `base_model_dir`); sample with S (base model + `simulator_adapter_dir`,
     None = zero-shot); write `out_dir/candidates.parquet`, `out_dir/pairs.parquet` and the report.
     Returns the report."""
     from dial import io, paths
-    from dial.discriminator import load_discriminator
+    from dial.discriminator import SELECTION_FILE, load_discriminator
     from dial.generation import ChatGenerator
 
     simulated_dir, out_dir = Path(simulated_dir), Path(out_dir)
@@ -680,11 +762,17 @@ def run_pairs(
     messages = io.MESSAGES.read(paths.messages_file(simulated_dir))
     contexts = io.CONTEXTS.read(contexts_file)
     discriminator = load_discriminator(discriminator_dir, base_model_dir)
+    selection_file = Path(discriminator_dir) / SELECTION_FILE
+    if not selection_file.is_file():
+        raise DialError(f"{selection_file}: missing (the discriminator stage writes it); re-run the discriminator stage")
+    trained_on = json.loads(selection_file.read_text(encoding="utf-8"))["train"]["simulated"]
 
     def load_simulator():
         return ChatGenerator.load(base_model_dir, simulator_adapter_dir, params.precision, params.generate_batch_size)
 
-    result = make_pairs(params, sessions, messages, contexts, discriminator, load_simulator, end_marker, progress)
+    result = make_pairs(
+        params, sessions, messages, contexts, discriminator, load_simulator, end_marker, progress, trained_on, message_separator
+    )
     io.PAIR_CANDIDATES.write(result.candidates, out_dir / "candidates.parquet")
     io.PREFERENCE_PAIRS.write(result.pairs, out_dir / "pairs.parquet")
     io.write_json_atomic(report_file, result.report)

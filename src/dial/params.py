@@ -28,8 +28,9 @@ DEFAULT_INSTRUCTION = (
     "Write only the user's next message, in the user's own voice: as short or long, casual, "
     "hesitant, off-topic or resistant as this person would really be. Stay consistent with the "
     "profile, history and current-session summary below; never act as the assistant. "
-    "Real users often send several short messages in a row. When this person would end the "
-    "conversation, reply with the end-of-conversation marker only."
+    "Real users often send several short messages in a row: to do so, separate the messages with "
+    "{message_separator}. When this person would end the conversation, end your reply with "
+    "{end_marker} (or reply with it alone)."
 )
 
 
@@ -118,10 +119,27 @@ class SplitParams(Section):
 
 
 class SftSamplesParams(Section):
+    """Flipped-dialogue SFT samples; the end marker and the message separator are also how every
+    later stage reads a generated user turn (dial.prompting)."""
+
     # Whole prompt+completion budget of one training sample; the oldest in-session history
     # messages are dropped first (the context itself is already within context.max_tokens).
     max_tokens: int = Field(default=8192, gt=0)
     end_marker: str = "<|endconversation|>"
+    message_separator: str = Field(
+        default="<|msg|>",
+        description="joins the messages of one user turn (a burst) in a sample's target and splits a "
+        "generated turn back into messages; a marker no user types (dial.prompting)",
+    )
+
+    @model_validator(mode="after")
+    def _markers_distinct(self) -> "SftSamplesParams":
+        separator, marker = self.message_separator, self.end_marker
+        if not separator.strip() or not marker.strip():
+            raise ValueError("sft_samples.end_marker and sft_samples.message_separator must not be blank")
+        if separator in marker or marker in separator:
+            raise ValueError("sft_samples.message_separator and sft_samples.end_marker must not contain each other")
+        return self
 
 
 class LoraParams(Section):
@@ -149,7 +167,8 @@ class SftParams(Section):
     weight_decay: float = Field(default=0.0, ge=0.0)
     lora: LoraParams = Field(default_factory=LoraParams)
     # CPU-sized defaults: a seeded subset of the train samples (0 = all) and a per-sample token cap
-    # (longer samples are skipped and counted, never truncated mid-message).
+    # (longer samples are skipped and counted, never truncated mid-message). Both stratified: end
+    # and burst samples keep their share of all train samples (dial.training.sft.select_train_samples).
     max_train_samples: int = Field(default=0, ge=0)
     max_sample_tokens: int = Field(default=0, ge=0)
     precision: Precision = "auto"
@@ -228,7 +247,7 @@ class SimulateParams(Section):
 
     n_contexts: int = Field(default=6, gt=0)  # real contexts from the test split (seeded sample)
     n_simulations: int = Field(default=1, gt=0)  # sessions per context and chatbot
-    max_turns: int = Field(default=4, gt=0)  # user messages per session at most
+    max_turns: int = Field(default=4, gt=0)  # user turns per session at most (a turn: one or more messages)
     batch_size: int = Field(default=32, gt=0)  # sessions generated in one batched call
     precision: Precision = "auto"
     decoding: DecodingParams = Field(default_factory=lambda: DecodingParams(temperature=1.0, top_p=0.95, max_new_tokens=40))
@@ -291,19 +310,45 @@ class TsneParams(Section):
     max_sessions_per_group: int = Field(default=50, gt=0)
 
 
+class PerplexityParams(Section):
+    """Held-out perplexity of the real user messages under each simulator, teacher-forced as SFT
+    scores them (dial.evaluation.perplexity): one forward pass per real session, no generation."""
+
+    enabled: bool = True
+    max_sessions: int = Field(default=24, ge=0, description="seeded choice of the held-out real sessions; 0 = all")
+    max_user_turns: int = Field(
+        default=0, ge=0,
+        description="each session's first N user messages; 0 = the cut of the other metrics "
+        "(evaluate.max_user_turns, else simulate.max_turns)",
+    )
+    max_tokens: int = Field(
+        default=2048, gt=0,
+        description="prompt + message; the oldest history is dropped first (as sft_samples), a message that "
+        "never fits is skipped and counted",
+    )
+    batch_size: int = Field(default=8, gt=0, description="sequences per forward pass (a session's messages share one)")
+    seed: int = Field(default=0, description="the choice of sessions (the interval uses evaluate.seed)")
+
+
 class EvaluateParams(Section):
     """Evaluation (METHOD.md §6–7)."""
 
     # Chatbot pairs compared like the paper's A/B test (table 5); pairs whose chatbots were not
     # simulated are reported as not applicable.
     ab_pairs: list[AbPair] = Field(default_factory=lambda: [AbPair(control="supportive", treatment="terse")])
-    kl_smoothing: float = Field(default=0.5, ge=0.0)  # additive pseudo-count per issue category
+    # KL(real || sim): a *total* of this many pseudo-counts spread evenly over the issue categories
+    # (1 = Perks' prior), so the smoothing weighs like one observation whatever the category count.
+    kl_smoothing: float = Field(default=1.0, ge=0.0)
     bce_eps: float = Field(default=1e-6, gt=0.0, lt=0.5)  # simulated action rates clipped to [eps, 1-eps]
-    # Lexical and intent metrics on each session's first N user messages only (0 = all): set it to
-    # simulate.max_turns so long real sessions are compared with simulated ones of equal length.
+    # Real and simulated sessions are judged and measured cut after this many user messages (and
+    # the chatbot reply after the last), like for like; 0 = simulate.max_turns; at most that.
     max_user_turns: int = Field(default=0, ge=0)
     decimals: int = Field(default=6, ge=1, le=12)  # rounding of metrics.json
+    # 95 % intervals: percentile bootstrap over sessions, this many resamples, seeded.
+    bootstrap_samples: int = Field(default=1000, ge=100)
+    seed: int = 0
     termination: TerminationParams = Field(default_factory=TerminationParams)
+    perplexity: PerplexityParams = Field(default_factory=PerplexityParams)
     tsne: TsneParams = Field(default_factory=TsneParams)
 
 
@@ -323,6 +368,11 @@ class PairsParams(Section):
     score_batch_size: int = Field(default=8, gt=0)  # sessions (or alternatives) per discriminator pass
     share_prefix: bool = True  # run a point's shared history through the discriminator once
     max_tokens: int = Field(default=2048, ge=16)  # prompt + completion of a DPO pair; longer pairs dropped
+    # The paper's filter keeps a pair only if r_chosen > 0 > r_rejected; false keeps any pair with
+    # r_chosen > r_rejected (a small or one-sided discriminator can leave the paper's filter empty).
+    require_opposite_signs: bool = True
+    # Critical points only in sessions the discriminator did not train on (it memorises those).
+    exclude_discriminator_train: bool = True
     precision: Precision = "auto"  # simulator and discriminator inference
     seed: int = 0
 
@@ -369,6 +419,9 @@ class DiscriminatorParams(Section):
     n_valid: int = Field(default=16, ge=0)  # validation pairs = sessions per class
     max_tokens: int = Field(default=2048, ge=16)  # per session, context included (tail messages dropped)
     max_user_turns: int = Field(default=0, ge=0)  # cut both classes after this many user messages; 0 = off
+    # Length cap of simulated user messages in tokens, for the structure baseline's at-cap feature;
+    # 0 = off (the stage sets it to simulate.decoding.max_new_tokens).
+    generation_cap_tokens: int = Field(default=0, ge=0)
     train_context_end: bool = True  # also train p_0 (context end) on the session label → calibrated prior
     epochs: int = Field(default=1, gt=0)
     batch_size: int = Field(default=1, gt=0)  # sessions per optimizer step

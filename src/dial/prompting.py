@@ -8,18 +8,57 @@ rendered as chat messages from the simulator's point of view:
     assistant  what the real user said          (role "user" in our data)
     user       what the chatbot answered        (role "assistant" in our data)
 
-Consecutive messages of the same role stay separate (real users send bursts). The next user
-message is generated as a new assistant turn; the end marker alone as that turn means the user
-ends the conversation.
+Consecutive messages of the same role stay separate in the prompt (real users send bursts).
+
+A user *turn* is what the user writes before the chatbot answers: one or more messages (a burst),
+generated as ONE assistant turn, its messages joined by the message separator
+(`sft_samples.message_separator`, default `DEFAULT_MESSAGE_SEPARATOR`), and ending the
+conversation is one more thing a turn can do: the end marker as its last piece (`join_user_turn`).
+The separator is a marker in the style of the end marker, not whitespace: real messages contain
+line breaks (and a model writes them inside one message), but no user types "<|msg|>"; a real
+message that does contain it is quarantined by the SFT sample builder, never split.
+
+`parse_user_turn` is the one rule every stage applies to a generated user turn (simulation,
+`dial chat`, pairs' alternatives, the termination probe). The end marker *anywhere* in the turn
+ends the conversation; the text before the first marker is split on the separator into the
+turn's messages (blank pieces dropped); anything after the marker is dropped. "Anywhere", not
+"only at the start": a model that writes "ok bye <marker>" has ended the conversation, and a
+probe that only counted a leading marker would call that a continuation while the simulation
+stops there.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 DEFAULT_END_MARKER = "<|endconversation|>"
+DEFAULT_MESSAGE_SEPARATOR = "<|msg|>"
 
 FLIPPED_ROLE = {"user": "assistant", "assistant": "user"}
+
+
+def render_instruction(template: str, end_marker: str, message_separator: str) -> str:
+    """The simulator's instruction with its `{end_marker}` and `{message_separator}` placeholders
+    filled (plain replacement: other braces in a user's instruction stay as written), so that a
+    zero-shot simulator is told the exact strings the simulation parses."""
+    return template.replace("{end_marker}", end_marker).replace("{message_separator}", message_separator)
+
+
+def user_messages_in_turns(roles: Sequence[str], n_turns: int) -> int:
+    """How many user messages the first `n_turns` user turns hold: a user turn is a run of
+    consecutive user messages (a burst), as the simulator writes one turn at a time. Every cut
+    that compares real and simulated sessions "after N user turns" counts turns with this."""
+    n_messages, n_seen, previous = 0, 0, None
+    for role in roles:
+        if role == "user":
+            if previous != "user":
+                n_seen += 1
+                if n_seen > n_turns:
+                    break
+            n_messages += 1
+        previous = role
+    return n_messages
 
 
 def simulator_messages(context_text: str, history: Sequence[tuple[str, str]]) -> list[dict[str, str]]:
@@ -29,5 +68,36 @@ def simulator_messages(context_text: str, history: Sequence[tuple[str, str]]) ->
     return messages
 
 
+@dataclass(frozen=True)
+class UserTurn:
+    """A generated user turn as the conversation keeps it."""
+
+    messages: tuple[str, ...]  # what stays as user messages (stripped, never empty strings)
+    ends: bool  # the user ends the conversation after these messages
+
+
+def join_user_turn(
+    messages: Sequence[str],
+    ends: bool,
+    end_marker: str = DEFAULT_END_MARKER,
+    separator: str = DEFAULT_MESSAGE_SEPARATOR,
+) -> str:
+    """The text of a user turn as the simulator writes it: its messages joined by the separator,
+    the end marker as one more piece when the turn ends the conversation."""
+    return separator.join([*messages, end_marker] if ends else messages)
+
+
+def parse_user_turn(
+    generated: str, end_marker: str = DEFAULT_END_MARKER, separator: str = DEFAULT_MESSAGE_SEPARATOR
+) -> UserTurn:
+    """The one end-of-conversation rule (module docstring): the marker anywhere ends the
+    conversation; the text before the first marker, split on the separator, is the turn's
+    messages (blank pieces dropped). Inverse of `join_user_turn` for stripped, non-blank messages."""
+    ends = end_marker in generated
+    text = generated.split(end_marker, 1)[0] if ends else generated
+    pieces = (piece.strip() for piece in text.split(separator))
+    return UserTurn(messages=tuple(piece for piece in pieces if piece), ends=ends)
+
+
 def is_end_of_conversation(generated: str, end_marker: str = DEFAULT_END_MARKER) -> bool:
-    return generated.strip().startswith(end_marker)
+    return parse_user_turn(generated, end_marker).ends

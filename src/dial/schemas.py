@@ -10,6 +10,11 @@ The canonical data model (see README "Data model"):
 Free-form, source-specific fields live in JSON-object `metadata` / `profile` strings so the
 columns stay the same for every source (chitchat ratings, ESConv strategies and survey scores, ...).
 Later stages reuse `sessions`/`messages` for simulated sessions.
+
+One metadata key is shared by every source: `truncated` (a JSON boolean) on a message that the
+token budget cut before its writer ended it (simulated messages; `dial.simulate` sets it on every
+one). Real messages are never cut and carry no mark, nor do files written before it existed:
+`is_truncated` reads a missing mark as not cut.
 """
 
 from __future__ import annotations
@@ -41,6 +46,21 @@ def _is_json_list(text: str) -> bool:
 
 def _non_blank(series: pd.Series) -> pd.Series:
     return series.str.strip().str.len() > 0
+
+
+TRUNCATED_KEY = "truncated"
+
+
+def is_truncated(metadata: str) -> bool:
+    """Whether a message's JSON metadata marks it cut by the token budget (no mark: not cut)."""
+    return json.loads(metadata).get(TRUNCATED_KEY, False) is True
+
+
+def _truncated_mark_is_boolean(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text).get(TRUNCATED_KEY, False), bool)
+    except (TypeError, ValueError, AttributeError):
+        return False
 
 
 class _Strict(pa.DataFrameModel):
@@ -88,6 +108,10 @@ class MessagesSchema(_Strict):
     @pa.check("metadata")
     def _metadata_is_json_object(cls, series: pd.Series) -> pd.Series:
         return series.map(_is_json_object)
+
+    @pa.check("metadata")
+    def _truncated_is_boolean(cls, series: pd.Series) -> pd.Series:
+        return series.map(_truncated_mark_is_boolean)
 
     @pa.dataframe_check
     def _turns_contiguous(cls, df: pd.DataFrame) -> pd.Series:
@@ -167,16 +191,19 @@ class SftSamplesSchema(_Strict):
 
     `prompt` is a JSON list of chat messages from the *simulator's* point of view: the context as
     the system message, the real user's earlier messages as `assistant` turns and the chatbot's as
-    `user` turns. `completion` is the next real user message, or the end marker for the extra
-    end-of-conversation sample of each session. Loss is on the completion only.
+    `user` turns. `completion` is the next real user turn: its messages (a burst) joined by the
+    message separator, with the end marker as a last piece when the session ends with that turn;
+    or the end marker alone after a session's last chatbot message (`dial.prompting`). Every
+    session has exactly one `is_end` sample. Loss is on the completion only.
     """
 
     sample_id: Series[str] = pa.Field(unique=True)
     session_id: Series[str]
     user_id: Series[str]
     split: Series[str] = pa.Field(isin=list(SPLITS))
-    target_turn_index: Series[int] = pa.Field(ge=0)  # for end samples: number of messages
+    target_turn_index: Series[int] = pa.Field(ge=0)  # first message of the turn; marker alone: number of messages
     is_end: Series[bool]
+    n_target_messages: Series[int] = pa.Field(ge=0)  # user messages in the completion (0: the marker alone)
     prompt: Series[str]
     completion: Series[str]
     n_prompt_tokens: Series[int] = pa.Field(ge=1)
@@ -225,7 +252,7 @@ class TerminationPredictionsSchema(_Strict):
     simulator_id: Series[str]
     session_id: Series[str]
     turn_index: Series[int] = pa.Field(ge=0)  # the chatbot message after which the user speaks
-    is_end: Series[bool]  # the real user wrote nothing after it
+    is_end: Series[bool]  # the real user's next turn ends the session (no chatbot message after it)
     predicted_end: Series[bool]  # the simulator's output started with the end marker
     status: Series[str] = pa.Field(isin=list(TERMINATION_STATUSES))
     generated: Series[str]  # the simulator's (short) output, "" when not generated
@@ -236,14 +263,13 @@ class TerminationPredictionsSchema(_Strict):
 
 
 CANDIDATE_STATUSES = (
-    "scored", "duplicate", "empty", "end_of_conversation", "over_discriminator_budget", "prompt_over_max_tokens",
-    "prompt_over_simulator_window",
+    "scored", "duplicate", "empty", "over_discriminator_budget", "prompt_over_max_tokens", "prompt_over_simulator_window",
 )
 CRITICAL_KINDS = ("highest", "lowest")
 
 
 class PairCandidatesSchema(_Strict):
-    """Every alternative user message sampled at a critical point (dial.pairs): its status and, when
+    """Every alternative user turn sampled at a critical point (dial.pairs): its status and, when
     scored by the discriminator in the session's exact history, its logits and reward. Unscored
     candidates have NaN logits; `duplicate` ones carry the values of their first copy."""
 
@@ -270,8 +296,9 @@ class PairCandidatesSchema(_Strict):
 
 
 class PreferencePairsSchema(_Strict):
-    """DPO preference pairs (dial.pairs), one per kept critical point, after the paper's filter
-    (chosen reward > 0, rejected reward < 0) and the token cap. `prompt` is a JSON list of chat
+    """DPO preference pairs (dial.pairs), one per kept critical point, after the reward filter
+    (chosen reward > rejected reward always; > 0 > with `pairs.require_opposite_signs`, the
+    paper's filter) and the token cap. `prompt` is a JSON list of chat
     messages {"role", "content"} as `simulator_messages` returns them (system context + flipped
     history); token counts use the simulator's chat template (prompt with generation prompt)."""
 
@@ -282,8 +309,8 @@ class PreferencePairsSchema(_Strict):
     prompt: Series[str]
     chosen: Series[str]
     rejected: Series[str]
-    chosen_reward: Series[float] = pa.Field(gt=0)
-    rejected_reward: Series[float] = pa.Field(lt=0)
+    chosen_reward: Series[float]
+    rejected_reward: Series[float]
     prompt_tokens: Series[int] = pa.Field(ge=1)
     chosen_tokens: Series[int] = pa.Field(ge=1)
     rejected_tokens: Series[int] = pa.Field(ge=1)
@@ -299,6 +326,10 @@ class PreferencePairsSchema(_Strict):
     @pa.dataframe_check
     def _chosen_differs_from_rejected(cls, df: pd.DataFrame) -> pd.Series:
         return df["chosen"] != df["rejected"]
+
+    @pa.dataframe_check
+    def _chosen_beats_rejected(cls, df: pd.DataFrame) -> pd.Series:
+        return df["chosen_reward"] > df["rejected_reward"]
 
     @pa.dataframe_check
     def _pair_id_names_the_point(cls, df: pd.DataFrame) -> pd.Series:

@@ -1,8 +1,15 @@
 """SFT training samples by flipping the dialogue (METHOD.md §3, UserLM).
 
-Every real user message is one sample: context + the session so far → that message. Each session
-adds one end-of-conversation sample: context + the whole session → the end marker. Loss is on the
-completion only (trl's prompt-completion format does that by default).
+Every real user *turn* is one sample: context + the session so far → that turn, i.e. the
+consecutive user messages before the next chatbot message (a burst), joined by the message
+separator (`dial.prompting.join_user_turn`), so the simulator learns to send bursts as real users
+do. Each session has one end-of-conversation sample (`is_end`): after its last chatbot message,
+context + the whole session → the end marker; when the session ends with a user turn instead, that
+turn's sample carries the end marker as its last piece (the user wrote it, then left). Loss is on
+the completion only (trl's prompt-completion format does that by default).
+
+A real message that contains the separator would split into two messages when read back: its
+sample is skipped and counted (`samples_with_separator_in_a_message_skipped`), never corrupted.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from tqdm.auto import tqdm
 
 from dial.checks import CheckError
 from dial.params import SftSamplesParams
-from dial.prompting import simulator_messages
+from dial.prompting import join_user_turn, simulator_messages
 from dial.schemas import SftSamplesSchema
 
 
@@ -67,7 +74,7 @@ class ChatRenderer:
         return list(zip(counts[: len(prompts)], counts[len(prompts) :]))
 
 
-def _sample_row(session, split, target, is_end, prompt, completion, n_prompt, n_completion, n_dropped) -> dict:
+def _sample_row(session, split, target, is_end, n_messages, prompt, completion, n_prompt, n_completion, n_dropped) -> dict:
     return {
         "sample_id": f"{session.session_id}:{'end' if is_end else f'{target:04d}'}",
         "session_id": session.session_id,
@@ -75,12 +82,35 @@ def _sample_row(session, split, target, is_end, prompt, completion, n_prompt, n_
         "split": split,
         "target_turn_index": target,
         "is_end": is_end,
+        "n_target_messages": n_messages,
         "prompt": json.dumps(prompt, ensure_ascii=False),
         "completion": completion,
         "n_prompt_tokens": n_prompt,
         "n_completion_tokens": n_completion,
         "n_history_messages_dropped": n_dropped,
     }
+
+
+def turn_targets(history: list[tuple[str, str]], end_marker: str, separator: str) -> list[tuple[int, str, bool, int]]:
+    """(target_turn_index, completion, is_end, n_target_messages) of every sample of a session:
+    one per user turn (a run of consecutive user messages), plus the end marker alone after the
+    last message when that is the chatbot's (module docstring)."""
+    targets = []
+    start = 0
+    while start < len(history):
+        if history[start][0] != "user":
+            start += 1
+            continue
+        stop = start
+        while stop < len(history) and history[stop][0] == "user":
+            stop += 1
+        burst = [text for _, text in history[start:stop]]
+        ends = stop == len(history)  # the session ends with this turn
+        targets.append((start, join_user_turn(burst, ends, end_marker, separator), ends, len(burst)))
+        start = stop
+    if not history or history[-1][0] != "user":
+        targets.append((len(history), end_marker, True, 0))
+    return targets
 
 
 def build_sft_samples(
@@ -102,7 +132,7 @@ def build_sft_samples(
     split_of = dict(zip(splits["user_id"], splits["split"]))
 
     rows: list[dict] = []
-    over_budget = 0
+    over_budget = with_separator = 0
     for session in tqdm(
         sessions.sort_values("session_id").itertuples(index=False),
         total=len(sessions),
@@ -113,53 +143,64 @@ def build_sft_samples(
         history = history_of[session.session_id]
         context = context_of[session.session_id]
         split = split_of[session.user_id]
-        # Targets: every user message, then the end marker after the last message.
-        targets = [(t, text, False) for t, (role, text) in enumerate(history) if role == "user"]
-        targets.append((len(history), params.end_marker, True))
-        fast = _additive_counts(renderer, context, history + [("user", params.end_marker)], targets, params.max_tokens)
+        targets = []
+        for target, completion, is_end, n_messages in turn_targets(history, params.end_marker, params.message_separator):
+            if any(params.message_separator in text for _, text in history[target : target + n_messages]):
+                with_separator += 1  # would read back as more messages than the user sent
+                continue
+            targets.append((target, completion, is_end, n_messages))
+        if not targets:
+            continue
+        fast = _additive_counts(renderer, context, history, targets, params.max_tokens)
         if fast is not None:
             dropped, counts = fast
         else:  # a template whose messages do not render independently: exact, slower path
             block_tokens = _message_block_tokens(renderer, context, history + [("user", params.end_marker)])
-            dropped = [_estimate_drop(block_tokens, target, params.max_tokens) for target, _, _ in targets]
+            dropped = [_estimate_drop(block_tokens, target, params.max_tokens) for target, *_ in targets]
             counts = _exact_counts(renderer, context, history, targets, dropped, params.max_tokens)
-        for i, (target, completion, is_end) in enumerate(targets):
+        for i, (target, completion, is_end, n_messages) in enumerate(targets):
             n_prompt, n_completion = counts[i]
             if n_prompt + n_completion > params.max_tokens:
                 over_budget += 1  # even with no history the context + message do not fit
                 continue
             prompt = simulator_messages(context, history[dropped[i] : target])
-            rows.append(_sample_row(session, split, target, is_end, prompt, completion, n_prompt, n_completion, dropped[i]))
+            rows.append(
+                _sample_row(session, split, target, is_end, n_messages, prompt, completion, n_prompt, n_completion, dropped[i])
+            )
 
     samples = pd.DataFrame(rows, columns=list(SftSamplesSchema.to_schema().columns))
-    report = _report(samples, over_budget, params)
+    report = _report(samples, over_budget, with_separator, params)
     return samples, report
 
 
-def _additive_counts(renderer: ChatRenderer, context: str, blocks_history: list[tuple[str, str]], targets, max_tokens):
+def _additive_counts(renderer: ChatRenderer, context: str, history: list[tuple[str, str]], targets, max_tokens):
     """Exact (dropped, (prompt, completion) counts) for all samples of a session in O(messages).
 
     Chat templates such as ChatML render each message as its own block starting with a special
     token, so the tokenizer splits the text there and token counts add up across blocks: a prompt
-    is head + blocks[dropped:target] + generation prompt. Each message is rendered and tokenised
-    once instead of once per sample (quadratic in a long session). Returns None when the template
-    does not render that way; the result is checked exactly on the session's longest sample.
+    is head + blocks[dropped:target] + generation prompt, a completion what follows the generation
+    prompt in its own assistant block. Each message is rendered and tokenised once instead of once
+    per sample (quadratic in a long session). Returns None when the template does not render that
+    way; the result is checked exactly on the session's longest sample.
     """
     tokenizer = renderer.tokenizer
     empty = [{"role": "system", "content": ""}]
-    flipped = simulator_messages("", blocks_history)[1:]
+    flipped = simulator_messages("", history)[1:]
+    completion_messages = [{"role": "assistant", "content": completion} for _, completion, *_ in targets]
     rendered = tokenizer.apply_chat_template(
-        [[{"role": "system", "content": context}], empty] + [empty + [message] for message in flipped], tokenize=False
+        [[{"role": "system", "content": context}], empty] + [empty + [message] for message in flipped + completion_messages],
+        tokenize=False,
     )
     head, empty_head, singles = rendered[0], rendered[1], rendered[2:]
     generation = tokenizer.apply_chat_template([empty], tokenize=False, add_generation_prompt=True)[0]
     if not generation.startswith(empty_head) or not all(single.startswith(empty_head) for single in singles):
         return None
     generation = generation[len(empty_head) :]
-    blocks = [single[len(empty_head) :] for single in singles]
-    if not all(blocks[target].startswith(generation) for target, _, _ in targets):
+    blocks = [single[len(empty_head) :] for single in singles[: len(history)]]
+    completion_blocks = [single[len(empty_head) :] for single in singles[len(history) :]]
+    if not all(block.startswith(generation) for block in completion_blocks):
         return None
-    completions = [blocks[target][len(generation) :] for target, _, _ in targets]
+    completions = [block[len(generation) :] for block in completion_blocks]
     counts = renderer.count([head, generation] + blocks + completions)
     n_head, n_generation = counts[0], counts[1]
     n_blocks = counts[2 : 2 + len(blocks)]
@@ -169,7 +210,7 @@ def _additive_counts(renderer: ChatRenderer, context: str, blocks_history: list[
         before.append(before[-1] + n)
 
     dropped, sample_counts = [], []
-    for (target, _, _), n_completion in zip(targets, n_completions):
+    for (target, *_), n_completion in zip(targets, n_completions):
         drop = 0
         # Fewest oldest messages dropped so the sample fits (all of them if it never fits).
         while drop < target and n_head + before[target] - before[drop] + n_generation + n_completion > max_tokens:
@@ -179,8 +220,8 @@ def _additive_counts(renderer: ChatRenderer, context: str, blocks_history: list[
 
     # Check the assumption exactly on the sample with the longest kept history.
     longest = max(range(len(targets)), key=lambda i: targets[i][0] - dropped[i])
-    target, completion, _ = targets[longest]
-    prompt = simulator_messages(context, blocks_history[dropped[longest] : target])
+    target, completion, *_ = targets[longest]
+    prompt = simulator_messages(context, history[dropped[longest] : target])
     (prompt_text,) = renderer.prompt_texts([prompt])
     if prompt_text != head + "".join(blocks[dropped[longest] : target]) + generation:
         return None
@@ -241,9 +282,14 @@ def _estimate_drop(block_tokens: list[int], target: int, max_tokens: int) -> int
     return dropped
 
 
-def _report(samples: pd.DataFrame, over_budget: int, params: SftSamplesParams) -> dict:
-    report: dict = {"max_tokens": params.max_tokens, "end_marker": params.end_marker}
+def _report(samples: pd.DataFrame, over_budget: int, with_separator: int, params: SftSamplesParams) -> dict:
+    report: dict = {
+        "max_tokens": params.max_tokens,
+        "end_marker": params.end_marker,
+        "message_separator": params.message_separator,
+    }
     report["samples_over_budget_skipped"] = over_budget
+    report["samples_with_separator_in_a_message_skipped"] = with_separator
     if samples.empty:
         report["samples"] = 0
         return report
@@ -251,6 +297,7 @@ def _report(samples: pd.DataFrame, over_budget: int, params: SftSamplesParams) -
     report.update(
         samples=int(len(samples)),
         end_samples=int(samples["is_end"].sum()),
+        burst_samples=int((samples["n_target_messages"] > 1).sum()),
         samples_with_history_dropped=int((samples["n_history_messages_dropped"] > 0).sum()),
         tokens_mean=round(float(total_tokens.mean()), 1),
         tokens_max=int(total_tokens.max()),

@@ -2,7 +2,9 @@
 
 Protocol: N held-out real contexts (test-split users) × M simulations × every configured chatbot.
 A session stops when the simulator emits the end-of-conversation marker, when the chatbot ends
-it, or after `max_turns` user messages; the stop reason is recorded.
+it, or after `max_turns` user turns; the stop reason is recorded. A user turn is one generation,
+split on the message separator into one or more consecutive user messages (a burst, as real
+users send); the chatbot answers once after the whole turn (`dial.prompting.parse_user_turn`).
 
 Rollouts run in lockstep: every round, all active sessions generate their next user message in
 one batched call, then each chatbot answers all of its active sessions in one batched call;
@@ -13,6 +15,12 @@ give the same sessions, and different simulators face paired conditions.
 Finished sessions are saved to a resume file after every round: when a chatbot fails mid-run
 (after its retries), the error names the chatbot and session, and the next run with the same
 params and models only simulates the sessions that had not finished.
+
+Every simulated message records in its metadata whether the token budget cut it (`truncated`: the
+simulator or an hf chatbot reached max_new_tokens without its end-of-turn token, an openai chatbot
+answered with finish_reason "length"). A cut message ends mid-sentence because of our budget, not
+because of the user or the chatbot: judges leave it out of "Incomplete message", and the report
+gives the share of cut messages (user side and per chatbot) with a Wilson interval.
 """
 
 from __future__ import annotations
@@ -31,9 +39,11 @@ from tqdm.auto import tqdm
 
 from dial.chatbots import Chatbot, ChatbotError, ChatRequest
 from dial.errors import DialError
+from dial.evaluation.stats import wilson_interval
 from dial.generation import ChatGenerator
 from dial.params import GuardrailParams, SimulateParams
-from dial.prompting import DEFAULT_END_MARKER, simulator_messages
+from dial.prompting import DEFAULT_END_MARKER, DEFAULT_MESSAGE_SEPARATOR, parse_user_turn, simulator_messages
+from dial.schemas import is_truncated
 from dial.summarise import verbatim_leak
 
 log = logging.getLogger(__name__)
@@ -177,11 +187,13 @@ class Simulation:
         params: SimulateParams,
         end_marker: str = DEFAULT_END_MARKER,
         on_round_end=None,
+        message_separator: str = DEFAULT_MESSAGE_SEPARATOR,
     ) -> None:
         self.simulator = simulator
         self.chatbots = {chatbot.name: chatbot for chatbot in chatbots}
         self.params = params
         self.end_marker = end_marker
+        self.message_separator = message_separator
         self.on_round_end = on_round_end  # called with the states after every round (resume file)
         self.stats = SimulationStats()
 
@@ -239,7 +251,8 @@ class Simulation:
         guardrails = self.params.guardrails
         max_retries = guardrails.max_retries if guardrails.enabled else 2  # empty messages: always retried
         pending = list(range(len(active)))
-        results: dict[int, tuple[str, int, int, list[str]]] = {}  # index -> text, tokens, attempts, failures
+        # index -> text, tokens (all attempts), attempt, failures, hit max_new_tokens
+        results: dict[int, tuple[str, int, int, list[str], bool]] = {}
         for attempt in range(max_retries + 1):
             conversations = [simulator_messages(active[i].context_text, active[i].history) for i in pending]
             seeds = [stable_seed(active[i].seed, "user", turn, attempt) for i in pending]
@@ -251,7 +264,7 @@ class Simulation:
                 state = active[i]
                 tokens = results.get(i, ("", 0, 0, []))[1] + g.n_tokens
                 failures = self._failures(g.text, state)
-                results[i] = (g.text, tokens, attempt, failures)
+                results[i] = (g.text, tokens, attempt, failures, g.hit_max_tokens)
                 if failures:
                     retry.append(i)
             pending = retry
@@ -259,35 +272,46 @@ class Simulation:
                 break
             for i in pending:
                 active[i].guardrail_retries += 1
-        for i, (text, tokens, attempt, failures) in results.items():
+        for i, (text, tokens, attempt, failures, hit_max_tokens) in results.items():
             state = active[i]
             state.user_tokens_generated += tokens
             self.stats.user_tokens += tokens
-            if self.end_marker in text:
-                # The marker ends the session; words before it are the user's last message.
-                text = text.split(self.end_marker, 1)[0].strip()
-                if text:
-                    state.history.append(("user", text))
-                    state.message_metadata.append({"n_tokens": tokens, "attempts": attempt + 1, "flagged": []})
-                state.stop_reason = "user_ended"
-                continue
-            if not text.strip():
+            # One turn: its messages become consecutive user rows (the chatbot answers once, after
+            # all of them); `n_tokens` is the whole turn's, on each of its messages.
+            user_turn = parse_user_turn(text, self.end_marker, self.message_separator)
+            if not user_turn.messages and not user_turn.ends:
                 state.stop_reason = "empty_message"
                 continue
             if failures:
                 state.guardrail_flagged += 1
-            state.history.append(("user", text))
-            state.message_metadata.append({"n_tokens": tokens, "attempts": attempt + 1, "flagged": failures})
+            for k, message in enumerate(user_turn.messages):
+                state.history.append(("user", message))
+                # Only a turn's last message can be cut; an ending turn is whole even if tokens
+                # after the marker ran into the budget.
+                cut = hit_max_tokens and not user_turn.ends and k == len(user_turn.messages) - 1
+                state.message_metadata.append(
+                    {"n_tokens": tokens, "attempts": attempt + 1, "flagged": failures, "truncated": cut, "user_turn": turn}
+                )
+            if user_turn.ends:
+                state.stop_reason = "user_ended"
 
     def _failures(self, text: str, state: SessionState) -> list[str]:
-        if self.end_marker in text:
+        user_turn = parse_user_turn(text, self.end_marker, self.message_separator)
+        if user_turn.ends:
             return []  # ending is always allowed
-        if not text.strip():
+        if not user_turn.messages:
             return ["empty"]
         if not self.params.guardrails.enabled:
             return []
+        # Each message of the turn is checked, against the earlier ones of the turn too.
         earlier = [message for role, message in state.history if role == "user"]
-        return guardrail_failures(text, earlier, state.current_summary, self.params.guardrails)
+        failures: list[str] = []
+        for message in user_turn.messages:
+            for failure in guardrail_failures(message, earlier, state.current_summary, self.params.guardrails):
+                if failure not in failures:
+                    failures.append(failure)
+            earlier.append(message)
+        return failures
 
     def _chatbot_turn(self, active: list[SessionState], turn: int) -> None:
         for chatbot_id, chatbot in self.chatbots.items():
@@ -303,7 +327,7 @@ class Simulation:
                     state.stop_reason = "chatbot_ended"
                 else:
                     state.history.append(("assistant", reply.text))
-                    state.message_metadata.append(dict(reply.metadata))
+                    state.message_metadata.append({**reply.metadata, "truncated": reply.truncated})
 
 
 # --- artifacts ----------------------------------------------------------------------------------
@@ -369,8 +393,35 @@ def to_frames(states: Sequence[SessionState], simulator_id: str) -> tuple[pd.Dat
     return pd.DataFrame(session_rows), pd.DataFrame(message_rows), pd.DataFrame(simulation_rows)
 
 
-def report(simulations: pd.DataFrame, simulator_id: str) -> dict:
-    """Counts only (no timings): tracked metrics must be identical across identical runs."""
+def truncation_share(truncated: int, messages: int) -> dict:
+    """k cut of n messages, the share and its 95% Wilson interval (None for all three when n = 0)."""
+    interval = wilson_interval(truncated, messages)
+    return {
+        "truncated": int(truncated),
+        "messages": int(messages),
+        "share": round(truncated / messages, 6) if messages else None,
+        "ci_low": round(interval[0], 6) if interval else None,
+        "ci_high": round(interval[1], 6) if interval else None,
+    }
+
+
+def truncation_report(messages: pd.DataFrame, sessions: pd.DataFrame) -> dict:
+    """Messages cut by the token budget: simulated user messages, and each chatbot's messages,
+    as counts, share and 95% Wilson interval. Every chatbot of `sessions` is listed, also with
+    no message (replay is never cut)."""
+    cut = messages["metadata"].map(is_truncated).astype(bool)
+    users = messages["role"] == "user"
+    chatbot_of = messages["session_id"].map(sessions.set_index("session_id")["chatbot_id"])
+    chatbots = {}
+    for chatbot in sorted(sessions["chatbot_id"].unique()):
+        theirs = (messages["role"] == "assistant") & (chatbot_of == chatbot)
+        chatbots[chatbot] = truncation_share(int((cut & theirs).sum()), int(theirs.sum()))
+    return {"user": truncation_share(int((cut & users).sum()), int(users.sum())), "chatbots": chatbots}
+
+
+def report(simulations: pd.DataFrame, simulator_id: str, truncation: dict | None = None) -> dict:
+    """Counts only (no timings): tracked metrics must be identical across identical runs.
+    `truncation`: from `truncation_report`."""
     def summary(frame: pd.DataFrame) -> dict:
         return {
             "sessions": int(len(frame)),
@@ -383,7 +434,21 @@ def report(simulations: pd.DataFrame, simulator_id: str) -> dict:
 
     result = {"simulator": simulator_id, **summary(simulations)}
     result["per_chatbot"] = {chatbot: summary(group) for chatbot, group in sorted(simulations.groupby("chatbot_id"))}
+    if truncation is not None:
+        result["truncation"] = truncation
     return result
+
+
+def log_truncation(simulator_id: str, truncation: dict) -> None:
+    def line(who: str, counts: dict) -> str:
+        if not counts["messages"]:
+            return f"{who} no message"
+        return (f"{who} {counts['truncated']}/{counts['messages']} ({100 * counts['share']:.1f}%, "
+                f"95% CI {100 * counts['ci_low']:.1f}-{100 * counts['ci_high']:.1f}%)")
+
+    parts = [line(f"user ({simulator_id})", truncation["user"])]
+    parts += [line(chatbot, counts) for chatbot, counts in truncation["chatbots"].items()]
+    log.info("simulate %s: messages cut by max_new_tokens: %s", simulator_id, "; ".join(parts))
 
 
 # --- resume file --------------------------------------------------------------------------------
@@ -450,6 +515,7 @@ def run_simulate(
     report_path: Path,
     resume_path: Path,
     progress: bool = True,
+    message_separator: str = DEFAULT_MESSAGE_SEPARATOR,
 ) -> pd.DataFrame:
     """Stage: simulate held-out contexts × simulations × chatbots with one simulator.
 
@@ -471,7 +537,7 @@ def run_simulate(
     resume = ResumeFile(
         resume_path,
         fingerprint(
-            simulator_id, params.model_dump(), [c.model_dump() for c in chatbot_params], end_marker,
+            simulator_id, params.model_dump(), [c.model_dump() for c in chatbot_params], end_marker, message_separator,
             list(selected["session_id"]), _model_stamp(base_model_dir), _model_stamp(adapter_dir),
         ),
     )
@@ -491,7 +557,10 @@ def run_simulate(
         )
         simulator = ChatGenerator.load(base_model_dir, adapter_dir, precision=params.precision, batch_size=params.batch_size)
         chatbots = make_chatbots(chatbot_params, base_model_dir, real_assistant, params.precision, params.batch_size)
-        simulation = Simulation(simulator, chatbots, params, end_marker, on_round_end=lambda _: resume.save(states))
+        simulation = Simulation(
+            simulator, chatbots, params, end_marker, on_round_end=lambda _: resume.save(states),
+            message_separator=message_separator,
+        )
         try:
             simulation.run(states, progress=progress)
         except ChatbotError:
@@ -512,6 +581,15 @@ def run_simulate(
     io.SESSIONS.write(sim_sessions, paths.sessions_file(out_dir))
     io.MESSAGES.write(sim_messages, paths.messages_file(out_dir))
     io.SIMULATIONS.write(simulations, out_dir / "simulations.parquet")
-    io.write_json_atomic(report_path, report(simulations, simulator_id))
+    truncation = truncation_report(sim_messages, sim_sessions)
+    log_truncation(simulator_id, truncation)
+    from dial.generation import default_device
+    from dial.training.common import resolve_precision
+
+    summary = report(simulations, simulator_id, truncation)
+    # What `auto` resolved to (the simulator's and hf chatbots' dtype): bf16 and fp32 machines
+    # sample different sessions from the same seeds.
+    summary["precision"] = resolve_precision(params.precision, default_device())
+    io.write_json_atomic(report_path, summary)
     resume.clear()
     return simulations

@@ -2,11 +2,21 @@
 
 A summary grounds the simulator in a session's topics and tone. It must never copy the session's
 user messages verbatim (that would make the simulation task trivial), which `verbatim_leak`
-defines and both summarisers enforce:
+defines and both summarisers enforce.
 
-* `LocalSummariser` (default): deterministic, offline, keyword-and-statistics summaries;
-* `OpenAISummariser`: any OpenAI-compatible chat-completions endpoint; a summary that quotes the
-  user falls back to the local one (and is counted).
+It must not describe the session's structure either (issue #11): message or turn counts, message
+lengths, several messages in a row, who spoke first or last. The current-session summary is in the
+context of both a real session and the simulations grounded on it, so the discriminator could check
+the messages against such a statement, and a simulator that cannot produce that structure (today:
+bursts of user messages) could never honour it. The local summary is built from the words of the
+session only (keywords, mood words, question and exclamation marks), so it reads the same however
+the same text is split into messages and turns (unless avoiding a quote drops a keyword: the quote
+check is per message); `states_structure` catches explicit structural statements:
+
+* `LocalSummariser` (default): deterministic, offline summaries of topics and tone;
+* `OpenAISummariser`: any OpenAI-compatible chat-completions endpoint, asked for topics and tone
+  only; a summary that quotes the user or states the structure falls back to the local one (and is
+  counted).
 """
 
 from __future__ import annotations
@@ -95,66 +105,83 @@ class Summariser(Protocol):
     def summarise(self, session: SessionText) -> str: ...
 
 
+# Mood words (lower case) for the tone of the user's words.
+NEGATIVE_WORDS = frozenset(
+    """afraid alone angry annoyed anxious anxiety ashamed awful bad bored crying cry depressed
+    depression difficult disappointed exhausted fail failed frustrated guilty hard hate hopeless hurt
+    lonely lost mad nervous overwhelmed pain panic sad scared sick sorry stress stressed struggling
+    terrible tired upset worried worry worse worst""".split()
+)
+POSITIVE_WORDS = frozenset(
+    """amazing awesome better calm cool enjoy enjoyed excited fun glad good great happy hope hopeful
+    interesting laugh love loved lucky nice proud relaxed relieved thankful thanks wonderful""".split()
+)
+N_MOOD_WORDS = 3  # mood words named in the tone sentence
+
+# Explicit statements of a session's structure: "12 messages", "several short replies", "two
+# words", "the last message", "in a row". Checked on LLM summaries; the local one never makes them.
+_STRUCTURE = re.compile(
+    r"\b(?:\d+|one|two|three|four|five|six|seven|eight|nine|ten|several|few|multiple)\s+(?:\w+\s+)?"
+    r"(?:messages?|turns?|replies|words?|sentences?|lines?)\b"
+    r"|\b(?:last|first|final)\s+(?:message|turn|reply|word)\b"
+    r"|\bin a row\b|\bper (?:message|turn)\b",
+    re.IGNORECASE,
+)
+
+
+def states_structure(summary: str) -> bool:
+    """True if the summary states counts, lengths, bursts or who spoke first or last."""
+    return _STRUCTURE.search(summary) is not None
+
+
 @dataclass
 class LocalSummariser:
-    """Deterministic summaries from keywords and conversational statistics, never quotes."""
+    """Deterministic summaries of topics and tone from the session's words, never quotes and never
+    its structure (see the module docstring)."""
 
     n_keywords: int = 6
     fallbacks: int = field(default=0, init=False)
 
     def summarise(self, session: SessionText) -> str:
         keywords = top_keywords([text for _, text in session.messages], self.n_keywords)
+        tone = describe_tone(session.user_messages)
         for n in range(len(keywords), -1, -1):
-            summary = self._render(session, keywords[:n])
+            summary = " ".join(([f"Main topics: {', '.join(keywords[:n])}."] if n else []) + [tone])
             if not verbatim_leak(summary, session.user_messages):
                 return summary
         self.fallbacks += 1
         return FALLBACK_SUMMARY
 
-    @staticmethod
-    def _render(session: SessionText, keywords: list[str]) -> str:
-        user = session.user_messages
-        n_messages, n_user = len(session.messages), len(user)
-        parts = [f"A conversation of {n_messages} messages, {n_user} of them from the user."]
-        if keywords:
-            parts.append("Main topics: " + ", ".join(keywords) + ".")
-        if user:
-            mean_words = sum(len(words(text)) for text in user) / n_user
-            length = "very short" if mean_words < 5 else "short" if mean_words < 12 else "long"
-            parts.append(f"The user writes {length} messages (about {round(mean_words)} words each)")
-            bursts = _mean_burst(session.messages)
-            if bursts >= 1.5:
-                parts[-1] += f", often several in a row (about {bursts:.1f} per turn)"
-            parts[-1] += "."
-            questions = sum("?" in text for text in user) / n_user
-            if questions >= 0.3:
-                parts.append("The user asks many questions.")
-            elif questions == 0:
-                parts.append("The user asks no questions.")
-        if session.messages:
-            closer = "user" if session.messages[-1][0] == "user" else "other side"
-            parts.append(f"The {closer} sent the last message.")
-        return " ".join(parts)
 
-
-def _mean_burst(messages: Sequence[tuple[str, str]]) -> float:
-    """Mean number of consecutive user messages per user turn."""
-    runs, current = [], 0
-    for role, _ in messages:
-        if role == "user":
-            current += 1
-        elif current:
-            runs.append(current)
-            current = 0
-    if current:
-        runs.append(current)
-    return sum(runs) / len(runs) if runs else 0.0
+def describe_tone(user_texts: Sequence[str]) -> str:
+    """The mood of the user's words and whether they ask questions or exclaim: counted over all the
+    user's words and marks together, never per message, so splitting the same text into more
+    messages changes nothing."""
+    user_words = [word for text in user_texts for word in words(text)]
+    negative = Counter(word for word in user_words if word in NEGATIVE_WORDS)
+    positive = Counter(word for word in user_words if word in POSITIVE_WORDS)
+    n_negative, n_positive = sum(negative.values()), sum(positive.values())
+    if n_negative > n_positive:
+        mood, named = "negative", negative
+    elif n_positive > n_negative:
+        mood, named = "positive", positive
+    else:
+        mood, named = ("mixed" if n_negative else "neutral"), negative + positive
+    # Ties broken alphabetically so summaries are deterministic.
+    mood_words = [word for word, _ in sorted(named.items(), key=lambda item: (-item[1], item[0]))[:N_MOOD_WORDS]]
+    tone = f"The user's tone is {mood}" + (f" ({', '.join(mood_words)})" if mood_words else "")
+    text = " ".join(user_texts)
+    asks = "asks questions" if "?" in text else "asks no questions"
+    exclaims = " and uses exclamation marks" if "!" in text else ""
+    return f"{tone}; the user {asks}{exclaims}."
 
 
 SUMMARY_SYSTEM_PROMPT = (
     "You summarise a conversation between a USER and an ASSISTANT in 2-3 sentences for a user "
-    "simulator: the topics, what the user wants, their mood and how they write. Describe; never "
-    "quote or copy the user's words."
+    "simulator: only the topics, what the user wants, and their mood and tone. Describe; never "
+    "quote or copy the user's words. Never describe the conversation's structure: not how many "
+    "messages or turns there are, not how long the messages are, not whether the user sends "
+    "several messages in a row, not who speaks first or last."
 )
 
 
@@ -175,7 +202,7 @@ class OpenAISummariser:
         if session.topic:
             transcript = f"(Session topic: {session.topic})\n{transcript}"
         summary = self._complete(transcript).strip()
-        if not summary or verbatim_leak(summary, session.user_messages):
+        if not summary or verbatim_leak(summary, session.user_messages) or states_structure(summary):
             self.fallbacks += 1
             return self.fallback.summarise(session)
         return summary

@@ -255,6 +255,17 @@ def test_first_failure_in_request_order_after_in_flight_calls_finish(scripted):
     assert sorted(last_user(r["body"])[-4:] for r in scripted.requests) == ["(s0)", "(s1)"]
 
 
+@pytest.mark.parametrize("finish_reason, truncated", [("length", True), ("stop", False), (None, False)])
+def test_a_reply_cut_by_max_tokens_is_marked_truncated(scripted, finish_reason, truncated):
+    scripted.respond = lambda handler, body, index: handler.send_reply("I hear you, and it makes", finish_reason)
+    bot = chatbot(scripted.url)
+    try:
+        (reply,) = bot.reply([request("s0")])
+    finally:
+        bot.close()
+    assert reply.text == "I hear you, and it makes" and reply.truncated is truncated
+
+
 def test_empty_reply_ends_the_conversation_only_when_stopped(scripted):
     scripted.respond = lambda handler, body, index: handler.send_reply(
         " \n" if "(s0)" in last_user(body) else "", "stop" if "(s0)" in last_user(body) else "length")

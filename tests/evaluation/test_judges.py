@@ -327,6 +327,47 @@ def test_rules_judge_runs_only_the_detectors_the_taxonomy_names(tmp_path):
         build_judge(JudgeParams(taxonomy=str(path)), load_taxonomy(path))
 
 
+# A chatbot that punctuates, then stops mid-sentence twice: turn 5 cut by our token budget, turn 7
+# stopped by the chatbot itself.
+CUT_SESSION = session("u: hi", "a: Hello!", "u: I'm sad", "a: I'm sorry to hear that.", "u: yes",
+                      "a: I hear you, and it makes sense that you would feel sad because", "u: go on", "a: Have you talked to")
+
+
+def test_rules_judge_does_not_call_a_message_cut_by_the_token_budget_incomplete(taxonomy):
+    judge = RulesJudge(taxonomy)
+    issues, _ = judge.annotate([JudgeInput("x", CUT_SESSION)], progress=False)
+    assert set(issues.loc[issues["category"] == "Incomplete message", "turn_index"]) == {5, 7}
+    issues, _ = judge.annotate([JudgeInput("x", CUT_SESSION, truncated_turns=[5])], progress=False)
+    assert set(issues.loc[issues["category"] == "Incomplete message", "turn_index"]) == {7}
+
+
+def test_cut_messages_do_not_count_in_the_chatbots_punctuation_style(taxonomy):
+    # Turn 5 ends on a content word: flagged only as a break of the chatbot's punctuated style,
+    # which the two cut (unpunctuated) messages would otherwise dilute below 80%.
+    messages = session("u: hi", "a: Hello!", "u: so", "a: That sounds hard.", "u: yes", "a: I can imagine how tiring work gets",
+                       "u: k", "a: Tell me more about", "u: ok", "a: What do you think about")
+    flagged = lambda items: set(RulesJudge(taxonomy).annotate(items, progress=False)[0].query("category == 'Incomplete message'")["turn_index"])
+    assert flagged([JudgeInput("x", messages)]) == {7, 9}  # the style break of 5 is hidden by 7 and 9
+    assert flagged([JudgeInput("x", messages, truncated_turns=[7, 9])]) == {5}
+
+
+def test_judge_inputs_read_the_truncated_mark_from_the_metadata():
+    table = messages_table({"sim:a": CUT_SESSION, "real:b": session("u: hey", "a: hi")})
+    table["metadata"] = ["{}" if sid == "real:b" else json.dumps({"truncated": turn == 5}) for sid, turn in zip(table["session_id"], table["turn_index"])]
+    items, id_map = judge_inputs(table, salt="s")
+    cut = {id_map[item.item_id]: item.truncated_turns for item in items}
+    assert cut == {"sim:a": frozenset({5}), "real:b": frozenset()}
+    # Tables without metadata (or real rows concatenated with simulated ones) are never cut.
+    assert all(not item.truncated_turns for item in judge_inputs(table.drop(columns="metadata"), salt="s")[0])
+    table.loc[table["session_id"] == "real:b", "metadata"] = None
+    assert {id_map[item.item_id]: item.truncated_turns for item in judge_inputs(table, salt="s")[0]} == cut
+
+
+def test_truncated_turns_must_be_messages_of_the_session():
+    with pytest.raises(DialError, match=r"truncated turn\(s\) \[9\]"):
+        JudgeInput("x", session("u: hi", "a: hello"), truncated_turns=[9])
+
+
 def test_empty_input_gives_empty_valid_tables(taxonomy):
     issues, actions = RulesJudge(taxonomy).annotate([], progress=False)
     assert issues.empty and actions.empty
@@ -550,6 +591,15 @@ def test_openai_judge_annotates_blind_and_caches(canned_server, taxonomy, tmp_pa
     edited = JudgeInput(items[0].item_id, [*items[0].messages[:-1], (items[0].messages[-1][0], items[0].messages[-1][1], "changed")])
     assert judge.cache_key(edited) != judge.cache_key(items[0])
     assert judge.cache_key(JudgeInput("another-id", items[0].messages)) == judge.cache_key(items[0])  # ids are not content
+
+
+def test_openai_judge_verdict_on_a_cut_message_is_dropped_without_telling_it(canned_server, taxonomy, tmp_path):
+    judge = build_judge(openai_params(canned_server.url, tmp_path / "cache"), taxonomy)
+    issues, _ = judge.annotate([JudgeInput("cut", SESSION_A, truncated_turns=[5])], progress=False)
+    # The canned reply calls turn 5 incomplete and a crisis-protocol failure: only the latter stays.
+    assert list(zip(issues["turn_index"], issues["category"])) == [
+        (1, "Unempathetic responses"), (5, "Failure to follow crisis protocol")]
+    assert "truncat" not in json.dumps(canned_server.bodies()[-1]).lower()  # the judge is not told
 
 
 def test_openai_judge_reasks_after_an_invalid_reply(canned_server, taxonomy, tmp_path):

@@ -59,12 +59,6 @@ def test_per_session_uses_only_user_messages_in_turn_order():
     assert s2["n_words"] == 0 and math.isnan(s2["word_entropy"]) and math.isnan(s2["type_token_ratio"])
 
 
-def test_max_user_turns_keeps_the_first_user_messages():
-    frame = messages([("s", "user", "a"), ("s", "assistant", "x"), ("s", "user", "b"), ("s", "user", "c d")])
-    assert lexical.per_session(sessions("s"), frame, max_user_turns=2).iloc[0]["n_words"] == 2
-    assert lexical.per_session(sessions("s"), frame).iloc[0]["n_words"] == 4
-
-
 def test_summary_counts_undefined_sessions_and_uses_sample_std():
     frame = messages([("a", "user", "x y"), ("b", "user", "x x y z"), ("c", "user", "one"), ("d", "assistant", "hi")])
     summary = lexical.lexical_summary(sessions("a", "b", "c", "d"), frame)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+
 import torch
 
 torch.set_num_threads(1)
@@ -43,31 +45,47 @@ def test_intent_overlap_ignores_stop_words():
     assert realism.intent_overlap("dog", "Dog!") == 1.0
 
 
-def test_intent_decomposition_uses_the_grounding_sessions_summary():
-    contexts = pd.DataFrame({"session_id": ["r1", "r2"], "current_summary": ["walking the dog", "exam stress"]})
+def test_intent_reference_leaves_out_the_sessions_own_summary():
+    summary = "Conversation prompt (shown to both speakers): dogs and cats\nkeywords: exam stress"
+    reference = realism.intent_reference(summary, "recurring topics: work", json.dumps(["On 2020-01-01: holidays"]))
+    assert reference == "Conversation prompt (shown to both speakers): dogs and cats\nrecurring topics: work\nOn 2020-01-01: holidays"
+    # No topic line: the summary (built from the session's own words) contributes nothing.
+    assert realism.intent_reference("keywords: exam stress", "", "[]") == ""
+
+
+def test_intent_decomposition_measures_against_the_context_before_the_session():
+    contexts = pd.DataFrame({
+        "session_id": ["r1", "r2", "r3"],
+        "current_summary": ["keywords: dog walking", "Conversation prompt (shown to both speakers): exam\nexam tomorrow", "keywords: dog"],
+        "long_term": ["", "", ""],
+        "previous_summaries": [json.dumps(["the user talked about a dog"]), "[]", "[]"],
+    })
     frame = messages([
-        ("r1", "user", "my dog"), ("r1", "assistant", "ok"), ("r1", "user", "so"),  # 1.0, no content word
-        ("sim", "user", "exam exam tomorrow"),  # grounded on r2: {exam, tomorrow} → 1/2
+        ("r1", "user", "my dog"), ("r1", "assistant", "ok"), ("r1", "user", "so"),  # {dog} in the earlier summary: 1.0; no content word
+        ("sim", "user", "exam exam tomorrow"),  # grounded on r2: "exam" is in the prompt, "tomorrow" only in the summary → 1/2
+        ("r3", "user", "dog"),  # a first session without a topic: no reference
     ])
-    result = realism.intent_decomposition(frame, {"r1": "r1", "sim": "r2"}, contexts)
-    assert result == {"value": pytest.approx(0.75), "n_user_messages": 3, "n_without_content_words": 1}
-    only_first = realism.intent_decomposition(frame, {"r1": "r1"}, contexts, max_user_turns=1)
-    assert only_first["n_user_messages"] == 1
+    result = realism.intent_decomposition(frame, {"r1": "r1", "sim": "r2", "r3": "r3"}, contexts)
+    assert result["value"] == pytest.approx(0.75)
+    assert (result["n_user_messages"], result["n_without_content_words"]) == (3, 1)
+    assert (result["n_sessions"], result["n_sessions_without_reference"]) == (2, 1)
     with pytest.raises(DialError, match="r9"):
         realism.intent_decomposition(frame, {"sim": "r9"}, contexts)
+    with pytest.raises(DialError, match="previous_summaries"):
+        realism.intent_decomposition(frame, {"r1": "r1"}, contexts.drop(columns="previous_summaries"))
 
 
 def test_termination_positions_follow_each_run_of_chatbot_messages():
     frame = messages([
         ("s", "user", "a"), ("s", "assistant", "b"), ("s", "assistant", "c"), ("s", "user", "d"), ("s", "assistant", "e"),
-        ("t", "user", "a"), ("t", "assistant", "b"), ("t", "user", "c"),  # ends with the user: no end position
+        ("t", "user", "a"), ("t", "assistant", "b"), ("t", "user", "c"), ("t", "user", "d"),  # a last user turn, then the end
         ("u", "user", "only the user"),
     ])
     positions = realism.termination_positions(frame, ["s", "t", "u"])
     assert positions.to_dict("records") == [
         {"session_id": "s", "turn_index": 2, "is_end": False},
         {"session_id": "s", "turn_index": 4, "is_end": True},
-        {"session_id": "t", "turn_index": 1, "is_end": False},
+        {"session_id": "t", "turn_index": 1, "is_end": True},
     ]
 
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 import random
 
+import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as scipy_stats
 
 from dial import io
 from dial.errors import DialError
@@ -56,7 +58,10 @@ def synthetic(seed: int = 0, simulators=("zero-shot", "sft", "it1")):
     real_messages = _frame([row for sid in real_ids for row in _messages(rng, sid, rng.randint(2, 5))])
     contexts = pd.DataFrame({
         "session_id": real_ids,
-        "current_summary": [f"the user talks about {_text(rng, 4)}" for _ in real_ids],
+        "current_summary": [f"Conversation prompt (shown to both speakers): {_text(rng, 3)}\nthe user talks about {_text(rng, 4)}"
+                            for _ in real_ids],
+        "long_term": ["" for _ in real_ids],
+        "previous_summaries": [json.dumps([f"earlier: {_text(rng, 4)}"]) for _ in real_ids],
         "context_text": [f"context of {sid}" for sid in real_ids],
     })
     simulated = {}
@@ -221,7 +226,7 @@ def test_report_without_judges_or_discriminators_shows_dashes(tmp_path):
 
 def test_params_defaults_and_termination_decoding():
     params = EvaluateParams()
-    assert params.ab_pairs == [AbPair(control="supportive", treatment="terse")] and params.kl_smoothing == 0.5
+    assert params.ab_pairs == [AbPair(control="supportive", treatment="terse")] and params.kl_smoothing == 1.0
     simulate = DecodingParams(temperature=0.8, top_p=0.95, max_new_tokens=40)
     decoding = termination_decoding(simulate, params.termination)
     assert (decoding.temperature, decoding.top_p, decoding.max_new_tokens) == (0.8, 0.95, 12)
@@ -235,11 +240,147 @@ def test_flat_metrics_rounds_and_skips_non_numbers():
     assert report.flat_metrics(metrics) == {"judge.n_items": 3, "real.a": 0.3333, "real.d.e": True, "real.d.f": 2, "real.g": 0.0}
 
 
-def test_verdict_compares_later_simulators_with_sft():
-    data = synthetic()
-    metrics = evaluate(**data)
+def _with_discriminators(data, accuracies: dict, n: int):
+    for name, accuracy in accuracies.items():
+        data["discriminator_reports"][name]["metrics"]["overall"] = {"accuracy": accuracy, "f1": 0.8, "mcc": 0.6, "n": n}
+    return data
+
+
+def test_verdict_says_not_significant_when_the_interval_of_the_difference_includes_zero():
+    metrics = evaluate(**synthetic())
     sentence, header, rows = report.verdict(metrics)
-    assert header == ["metric", "sft", "it1"]
-    assert sentence.startswith("it1 is closer to real than sft on")
+    assert header == ["metric", "n", "sft", "it1"]
     accuracy_row = rows[0]
-    assert accuracy_row[1] == "0.300" and accuracy_row[2] == "0.200 ✓"  # |0.8 − 0.5| → |0.7 − 0.5|
+    assert accuracy_row[1] == "messages: sft 40, it1 40"
+    assert accuracy_row[2] == "0.300" and accuracy_row[3].startswith("0.200 (Δ -0.100 [")  # |0.8 − 0.5| → |0.7 − 0.5|
+    assert accuracy_row[3].endswith("not significant")
+    comparison = metrics["groups"]["it1"]["vs_baseline"]["discriminator_accuracy"]
+    assert comparison["difference_ci_low"] < 0 < comparison["difference_ci_high"] and comparison["significant"] is False
+    assert sentence.startswith("it1 vs sft: closer to real on 0, further on 0")
+    assert all("✓" not in cell and "✗" not in cell for row in rows for cell in row)
+
+
+def test_verdict_marks_a_difference_whose_interval_excludes_zero():
+    data = _with_discriminators(synthetic(), {"zero-shot": 0.95, "sft": 0.9, "it1": 0.6}, n=4000)
+    metrics = evaluate(**data)
+    comparison = metrics["groups"]["it1"]["vs_baseline"]["discriminator_accuracy"]
+    assert comparison["difference"] == pytest.approx(-0.3)
+    assert comparison["difference_ci_high"] < 0 and comparison["significant"] and comparison["improved"]
+    sentence, _, rows = report.verdict(metrics)
+    assert rows[0][3].endswith("✓")
+    assert sentence.startswith("it1 vs sft: closer to real on 1,")
+    worse = evaluate(**_with_discriminators(synthetic(), {"zero-shot": 0.95, "sft": 0.6, "it1": 0.9}, n=4000))
+    assert report.verdict(worse)[2][0][3].endswith("✗")
+
+
+def test_report_opens_with_the_power_sentence_when_the_run_is_too_small():
+    small = report.render_markdown(evaluate(**synthetic()), {})
+    opening = small.split("\n\n")[1]
+    assert opening.startswith("This run is too small to say whether DIAL made the simulator more real")
+    assert "with 40 held-out user messages" in opening and "388 messages" in opening
+    assert "closer to real on" not in small  # no verdict sentence
+    large = report.render_markdown(evaluate(**_with_discriminators(synthetic(), {"zero-shot": 0.9, "sft": 0.8, "it1": 0.7}, 400)), {})
+    assert "too small" not in large and "it1 vs sft: closer to real on" in large
+
+
+def test_discriminator_turns_past_the_simulated_length_are_not_simulated():
+    markdown = report.render_markdown(evaluate(**synthetic(), simulated_user_turns=3), {})
+    sft_row = next(line for line in markdown.splitlines() if line.startswith("| sft | 60.0 ["))
+    cells = [cell.strip() for cell in sft_row.strip("|").split("|")]
+    # turn 1 (acc, F1, MCC), turn 5, turn 10, turn 25, overall
+    assert cells[4:13] == ["not simulated"] * 9 and cells[1].startswith("60.0 [31.3, 83.2]")
+    real_row = next(line for line in markdown.splitlines() if line.startswith("| real | — |"))
+    assert "not simulated" not in real_row
+    without_limit = report.render_markdown(evaluate(**synthetic()), {})
+    assert "not simulated" not in without_limit
+
+
+def test_intervals_sit_beside_each_metric_and_follow_the_seed(tmp_path):
+    data = synthetic()
+    flat = report.flat_metrics(evaluate(**data))
+    for key in ("real.lexical.word_entropy_mean", "it1.issues.rate", "it1.issues.kl_from_real", "it1.intent_decomposition.value",
+                "it1.actions.bce.total", "it1.discriminator.overall.accuracy", "sft.issues.per_chatbot.terse.rate"):
+        assert flat[f"{key}_ci_low"] <= flat[key] + 1e-9 or key.endswith("kl_from_real")  # KL's bootstrap is biased upward
+        assert flat[f"{key}_ci_low"] < flat[f"{key}_ci_high"]
+    low, high = report.flat_metrics(evaluate(**data))["it1.discriminator.overall.accuracy_ci_low"], flat["it1.discriminator.overall.accuracy_ci_high"]
+    reference = scipy_stats.binomtest(28, 40).proportion_ci(method="wilson")
+    assert (low, high) == (pytest.approx(reference.low, abs=1e-6), pytest.approx(reference.high, abs=1e-6))
+    assert "real.first_turn_diversity.value_ci_low" not in flat  # no interval for a share of distinct words
+    other_seed = report.flat_metrics(evaluate(**data, params=EvaluateParams(seed=1)))
+    assert other_seed["it1.issues.rate"] == flat["it1.issues.rate"]
+    assert other_seed["it1.issues.rate_ci_low"] != flat["it1.issues.rate_ci_low"] or other_seed["it1.issues.rate_ci_high"] != flat["it1.issues.rate_ci_high"]
+
+
+def test_structure_baseline_is_carried_into_metrics_and_explained_when_above_chance():
+    data = synthetic()
+    data["discriminator_reports"]["sft"]["structure_baseline"] = {"accuracy": 0.7, "ci_low": 0.62, "ci_high": 0.77, "n": 40}
+    data["discriminator_reports"]["it1"]["structure_baseline"] = {"accuracy": 0.55, "ci_low": 0.4, "ci_high": 0.69, "n": 40}
+    metrics = evaluate(**data)
+    flat = report.flat_metrics(metrics)
+    assert flat["sft.discriminator.structure_baseline.accuracy"] == 0.7
+    assert flat["sft.discriminator.structure_baseline.accuracy_ci_low"] == 0.62  # the report's interval, not recomputed
+    assert flat["sft.discriminator.structure_baseline.n"] == 40
+    markdown = report.render_markdown(metrics, {})
+    assert "structure-only acc" in markdown and "70.0 [62.0, 77.0]" in markdown
+    assert "the discriminator can win on structure" in markdown and "sft (70.0" in markdown and "it1 (55.0" not in markdown
+    plain = report.render_markdown(evaluate(**synthetic()), {})
+    assert "structure-only" not in plain and "win on structure" not in plain
+
+
+def test_truncation_from_the_simulate_reports_is_shown_near_the_top():
+    data = synthetic()
+    share = {"truncated": 3, "messages": 40, "share": 0.075, "ci_low": 0.026, "ci_high": 0.199}
+    reports = {"sft": {"sessions": 18, "truncation": {"user": share, "chatbots": {"terse": {**share, "truncated": 0, "share": 0.0, "ci_low": 0.0, "ci_high": 0.088}}}},
+               "it1": {"sessions": 18}}  # an older report without the key
+    metrics = evaluate(**data, simulate_reports=reports)
+    flat = report.flat_metrics(metrics)
+    assert flat["sft.truncation.user.share"] == 0.075 and flat["sft.truncation.user.share_ci_high"] == 0.199
+    assert flat["sft.truncation.chatbots.terse.truncated"] == 0
+    assert not any(key.startswith("it1.truncation") for key in flat)
+    markdown = report.render_markdown(metrics, {})
+    assert markdown.index("Messages cut at the token cap") < markdown.index("Did DIAL make")
+    assert "| sft | user | 3 / 40 | 7.50% [2.60%, 19.90%] |" in markdown and "| sft | chatbot terse | 0 / 40 |" in markdown
+    assert "token cap" not in report.render_markdown(evaluate(**synthetic()), {})
+
+
+def held_out_perplexity(value: float, low: float, high: float) -> dict:
+    return {"value": value, "value_ci_low": low, "value_ci_high": high, "mean_nll": 3.45, "n_turns": 120,
+            "n_sessions": 12, "n_tokens": 2400, "n_messages_skipped": 0, "max_user_turns": 3, "precision": "bf16"}
+
+
+def test_perplexity_table_opens_the_report_when_a_group_has_it():
+    assert "perplexity" not in report.render_markdown(evaluate(**synthetic()), {}).lower()
+    metrics = evaluate(**synthetic(), perplexity={"sft": held_out_perplexity(31.5, 29.0, 34.25)})
+    flat = report.flat_metrics(metrics)
+    assert flat["sft.perplexity.value"] == 31.5 and flat["sft.perplexity.value_ci_high"] == 34.25
+    assert not any(key.startswith(("real.perplexity", "it1.perplexity")) for key in flat)
+    markdown = report.render_markdown(metrics, {})
+    assert markdown.index("Held-out perplexity") < markdown.index("Did DIAL make")
+    assert "| sft | 31.50 [29.00, 34.25] | 120 | 2400 | 12 |  |" in markdown
+    assert "| it1 | " not in markdown.split("## Did DIAL")[0] and "first 3 user turns" in markdown
+
+
+def test_perplexity_of_the_real_group_or_an_unknown_simulator_is_refused():
+    for name in ("real", "it9"):
+        with pytest.raises(DialError, match="unknown group"):
+            evaluate(**synthetic(), perplexity={name: held_out_perplexity(31.5, 29.0, 34.25)})
+
+
+@pytest.mark.parametrize("it1_interval, flagged", [((34.5, 36.0), True), ((33.0, 36.0), False)])
+def test_an_iteration_whose_perplexity_interval_lies_above_sfts_is_flagged(it1_interval, flagged):
+    perplexities = {"sft": held_out_perplexity(31.5, 29.0, 34.25), "it1": held_out_perplexity(35.0, *it1_interval)}
+    markdown = report.render_markdown(evaluate(**synthetic(), perplexity=perplexities), {})
+    assert ("⚠ above sft |" in markdown.split("| it1 |")[1].split("\n")[0]) is flagged
+    assert ("it1: real users became less predictable" in markdown) is flagged
+
+
+def test_kl_default_smoothing_is_one_pseudo_count_in_total():
+    metrics = evaluate(**synthetic())
+    real_counts = metrics["groups"]["real"]["issues"]["category_counts"]
+    sim_counts = metrics["groups"]["sft"]["issues"]["category_counts"]
+    categories = sorted(set(real_counts) | {c for g in metrics["groups"].values() for c in g["issues"]["category_counts"]})
+    k = len(categories)
+    p = np.array([real_counts.get(c, 0) + 1 / k for c in categories])
+    q = np.array([sim_counts.get(c, 0) + 1 / k for c in categories])
+    assert metrics["groups"]["sft"]["issues"]["kl_from_real"] == pytest.approx(scipy_stats.entropy(p, q))
+    assert metrics["groups"]["sft"]["issues"]["kl_unsmoothed"]["support"] == len(real_counts)

@@ -96,9 +96,9 @@ def test_kl_hand_value_and_smoothing():
     # No smoothing: p = (1/2, 1/2), q = (1/4, 3/4).
     expected = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
     assert stats.kl_divergence({"a": 1, "b": 1}, {"a": 1, "b": 3}, smoothing=0) == pytest.approx(expected)
-    # Smoothing α over the category list K: p = (1+1, 0+1, 0+1)/5, q = (0+1, 2+1, 0+1)/5.
+    # A total of 3 pseudo-counts over K = 3 categories, 1 each: p = (1+1, 0+1, 0+1)/4, q = (0+1, 2+1, 0+1)/5.
     p, q = np.array([2, 1, 1]) / 4, np.array([1, 3, 1]) / 5
-    value = stats.kl_divergence({"a": 1}, {"b": 2}, categories=["a", "b", "c"], smoothing=1.0)
+    value = stats.kl_divergence({"a": 1}, {"b": 2}, categories=["a", "b", "c"], smoothing=3.0)
     assert value == pytest.approx(float(np.sum(p * np.log(p / q))))
     assert stats.kl_divergence({"a": 1}, {"b": 2}, smoothing=0) is None  # sim misses "a": infinite
     assert stats.kl_divergence({}, {"b": 2}) is None  # no real issue: undefined
@@ -117,8 +117,8 @@ def test_kl_matches_scipy_entropy(pairs, smoothing):
     if sum(p_counts.values()) == 0:
         assert ours is None
         return
-    p = np.array([a for a, _ in pairs], dtype=float) + smoothing
-    q = np.array([b for _, b in pairs], dtype=float) + smoothing
+    p = np.array([a for a, _ in pairs], dtype=float) + smoothing / len(pairs)
+    q = np.array([b for _, b in pairs], dtype=float) + smoothing / len(pairs)
     assert ours == pytest.approx(scipy_stats.entropy(p, q), rel=1e-9, abs=1e-12)  # scipy normalises, natural log
 
 
@@ -166,3 +166,99 @@ def test_ab_test_directions():
     no_real = stats.ab_test("control", "treatment", sim, {})
     assert no_real["real"]["applicable"] is False and no_real["directions_agree"] is None
     assert stats.directions_agree(0.0, 0.0) is True and stats.directions_agree(None, 1.0) is None
+
+
+def test_kl_smoothing_weighs_like_its_total_pseudo_count_whatever_the_number_of_categories():
+    # 17 real flagged messages in 3 of 36 categories: one pseudo-count in total moves at most 1/18
+    # of the mass (a pseudo-count of 0.5 per category would have moved 18/35 of it).
+    categories = [f"c{i}" for i in range(36)]
+    counts = {"c0": 10, "c1": 5, "c2": 2}
+    smoothed = stats.smoothed_distribution(counts, categories, 1.0)
+    observed = np.array([counts.get(c, 0) for c in categories]) / 17
+    assert smoothed.sum() == pytest.approx(1.0)
+    assert 0.5 * np.abs(smoothed - observed).sum() <= 1 / 18 + 1e-12
+    assert smoothed[:3].sum() >= 17 / 18 - 1e-12
+
+
+def test_kl_unsmoothed_reports_the_raw_value_and_the_support():
+    raw = stats.kl_unsmoothed({"a": 2, "b": 2}, {"a": 1, "b": 3, "c": 5})
+    assert raw["value"] == pytest.approx(scipy_stats.entropy([2, 2, 0], [1, 3, 5]))
+    assert (raw["support"], raw["sim_missing"]) == (2, 0)
+    missed = stats.kl_unsmoothed({"a": 1, "z": 1}, {"a": 1})
+    assert missed == {"value": None, "support": 2, "sim_missing": 1}
+
+
+@pytest.mark.parametrize(("k", "n"), [(0, 5), (3, 10), (16, 24), (24, 24), (57, 400)])
+def test_wilson_interval_matches_scipy(k, n):
+    reference = scipy_stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    low, high = stats.wilson_interval(k, n)
+    assert low == pytest.approx(reference.low, abs=1e-12) and high == pytest.approx(reference.high, abs=1e-12)
+
+
+def test_wilson_interval_is_undefined_without_trials():
+    assert stats.wilson_interval(0, 0) is None
+    with pytest.raises(DialError):
+        stats.wilson_interval(5, 3)
+
+
+def test_resample_weights_count_the_draws_of_each_session():
+    weights = stats.resample_weights(3, 4, np.random.default_rng(5))
+    drawn = np.random.default_rng(5).integers(0, 3, (4, 3))
+    np.testing.assert_array_equal(weights, np.stack([np.bincount(row, minlength=3) for row in drawn]))
+    assert stats.resample_weights(0, 4, np.random.default_rng(5)).shape == (4, 0)
+
+
+def test_bootstrap_mean_interval_matches_scipy_bootstrap_with_the_same_resamples():
+    values = np.random.default_rng(3).normal(size=15)
+    weights = stats.resample_weights(15, 2000, np.random.default_rng(7))
+    ours = stats.percentile_interval(weights @ values / 15)
+    reference = scipy_stats.bootstrap((values,), np.mean, n_resamples=2000, method="percentile", rng=np.random.default_rng(7))
+    assert ours[0] == pytest.approx(reference.confidence_interval.low, rel=1e-10)
+    assert ours[1] == pytest.approx(reference.confidence_interval.high, rel=1e-10)
+
+
+def test_clustered_ratio_sums_numerators_and_denominators_of_the_drawn_sessions():
+    flagged, messages = np.array([1.0, 0.0, 3.0]), np.array([2.0, 2.0, 4.0])
+    weights = np.array([[1, 1, 1], [3, 0, 0], [0, 0, 3], [0, 3, 0], [0, 0, 0]], dtype=float)
+    replicates = stats.ratio_replicates(weights, flagged, messages)
+    np.testing.assert_allclose(replicates[:4], [4 / 8, 1 / 2, 3 / 4, 0.0])
+    assert np.isnan(replicates[4])  # no message drawn: undefined
+
+
+def test_clustered_interval_is_wider_than_wilson_when_a_sessions_messages_move_together():
+    # 10 sessions of 10 chatbot messages; 5 sessions have every message flagged, 5 none. Wilson
+    # treats the 100 messages as independent; the sessions are the real sample size.
+    flagged, messages = np.array([10.0] * 5 + [0.0] * 5), np.full(10, 10.0)
+    weights = stats.resample_weights(10, 2000, np.random.default_rng(0))
+    clustered = stats.percentile_interval(stats.ratio_replicates(weights, flagged, messages))
+    wilson = stats.wilson_interval(50, 100)
+    assert clustered[1] - clustered[0] > 1.5 * (wilson[1] - wilson[0])
+    # The session-level bootstrap of 5 of 10: the mean of 10 Bernoulli(0.5) draws, 95 % within ±0.3.
+    assert clustered[0] == pytest.approx(0.2, abs=0.05) and clustered[1] == pytest.approx(0.8, abs=0.05)
+
+
+def test_percentile_interval_needs_most_replicates_defined():
+    assert stats.percentile_interval(np.array([np.nan, np.nan, 1.0])) is None
+    assert stats.percentile_interval(np.array([], dtype=float)) is None
+    assert stats.percentile_interval(np.array([1.0, 2.0, np.nan])) == pytest.approx((1.025, 1.975))
+
+
+def test_power_of_the_two_proportion_test_at_fifty_vs_sixty_percent():
+    # Fleiss' sample size without continuity correction for 50 % vs 60 %, α = 0.05, power 0.8: 387.3 → 388.
+    assert stats.two_proportion_sample_size(0.5, 0.6) == 388
+    assert stats.two_proportion_power(388, 0.5, 0.6) == pytest.approx(0.80, abs=0.005)
+    assert stats.two_proportion_power(24, 0.5, 0.6) < 0.2
+
+
+@pytest.mark.parametrize("n", [24, 100, 388])
+def test_power_is_close_to_the_exact_binomial_power_of_the_pooled_z_test(n):
+    # Exact: sum the binomial probabilities of every outcome (k1, k2) the pooled z-test rejects.
+    k = np.arange(n + 1)
+    k1, k2 = np.meshgrid(k, k, indexing="ij")
+    pooled = (k1 + k2) / (2 * n)
+    variance = pooled * (1 - pooled) * 2 / n
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = np.where(variance > 0, (k2 - k1) / n / np.sqrt(variance), 0.0)
+    reject = np.abs(z) > scipy_stats.norm.ppf(0.975)
+    exact = float((np.outer(scipy_stats.binom.pmf(k, n, 0.5), scipy_stats.binom.pmf(k, n, 0.6)) * reject).sum())
+    assert stats.two_proportion_power(n, 0.5, 0.6) == pytest.approx(exact, abs=0.02)

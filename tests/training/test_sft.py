@@ -16,7 +16,7 @@ from dial.params import SftParams
 from dial.sft_samples import ChatRenderer
 from dial.training import common
 from dial.training.common import resolve_precision
-from dial.training.sft import MANIFEST, build_sft_trainer, run_sft, select_train_samples
+from dial.training.sft import MANIFEST, build_sft_trainer, proportional_quotas, run_sft, select_train_samples
 
 WORDS = "hey so I feel tired today and my job is a lot lately maybe a walk would help thanks bye".split()
 CAP = 120  # tokens: the long samples below are over it
@@ -49,6 +49,7 @@ def synthetic_samples(tokenizer, n_train: int = 10, n_long: int = 2, n_valid: in
                 "split": split,
                 "target_turn_index": 1,
                 "is_end": False,
+                "n_target_messages": 1,
                 "prompt": json.dumps(prompt),
                 "completion": completion,
                 "n_prompt_tokens": n_prompt,
@@ -225,6 +226,8 @@ def test_selection_skips_over_cap_then_draws_a_seeded_subset():
             "split": ["valid" if i % 10 == 0 else "train" for i in range(n)],
             "n_prompt_tokens": [500 if i % 4 == 1 else 50 for i in range(n)],
             "n_completion_tokens": [5] * n,
+            "is_end": [False] * n,
+            "n_target_messages": [1] * n,
         }
     )
     train = samples[samples["split"] == "train"]
@@ -245,6 +248,64 @@ def test_selection_skips_over_cap_then_draws_a_seeded_subset():
 
     everything, counts = select_train_samples(samples, SftParams())  # 0 = no cap, all samples
     assert len(everything) == len(train) and counts["train_samples_over_cap_skipped"] == 0
+
+
+def stratified_samples(n_end: int, n_end_under_cap: int, n_message: int, n_burst: int = 0) -> pd.DataFrame:
+    """Train samples: end samples with long prompts (only `n_end_under_cap` under a cap of 100
+    tokens), message and burst samples all under it."""
+    rows = [(f"e{i:03d}", True, 1, 50 if i < n_end_under_cap else 500) for i in range(n_end)]
+    rows += [(f"m{i:03d}", False, 1, 50) for i in range(n_message)]
+    rows += [(f"b{i:03d}", False, 3, 50) for i in range(n_burst)]
+    return pd.DataFrame(
+        {
+            "sample_id": [row[0] for row in rows],
+            "split": ["train"] * len(rows),
+            "is_end": [row[1] for row in rows],
+            "n_target_messages": [row[2] for row in rows],
+            "n_prompt_tokens": [row[3] for row in rows],
+            "n_completion_tokens": [5] * len(rows),
+        }
+    )
+
+
+def test_quotas_are_proportional_by_largest_remainder():
+    # 24 x 1/10 = 2.4 and 24 x 9/10 = 21.6: floors 2 and 21, the larger remainder (0.6) gets the last one.
+    assert proportional_quotas({"end": 1, "message": 9}, 24) == {"end": 2, "message": 22}
+    assert proportional_quotas({"end": 1, "message": 1}, 3) == {"end": 2, "message": 1}  # tie: name order
+
+
+def test_selection_keeps_the_share_of_end_samples_that_the_cap_would_remove():
+    samples = stratified_samples(n_end=40, n_end_under_cap=4, n_message=40)
+    selected, counts = select_train_samples(samples, SftParams(max_sample_tokens=100, max_train_samples=8, seed=0))
+    assert int(selected["is_end"].sum()) == 4 and len(selected) == 8  # half of all train samples are end samples
+    assert (selected["n_prompt_tokens"] + selected["n_completion_tokens"] <= 100).all()
+    assert counts["shares"]["end"] == {"available": 0.5, "selected": 0.5}
+    assert counts["strata"]["end"] == {"available": 40, "under_cap": 4, "selected": 4}
+    assert counts["train_samples_over_cap_skipped"] == 36
+
+
+def test_selection_keeps_the_share_of_burst_samples():
+    samples = stratified_samples(n_end=10, n_end_under_cap=10, n_message=60, n_burst=30)
+    selected, counts = select_train_samples(samples, SftParams(max_sample_tokens=100, max_train_samples=10, seed=0))
+    assert counts["shares"]["burst"] == {"available": 0.3, "selected": 0.3}
+    assert counts["shares"]["end"] == {"available": 0.1, "selected": 0.1}
+    assert int((selected["n_target_messages"] > 1).sum()) == 3
+
+
+def test_selection_takes_fewer_samples_rather_than_break_the_shares():
+    samples = stratified_samples(n_end=40, n_end_under_cap=4, n_message=40)
+    selected, counts = select_train_samples(samples, SftParams(max_sample_tokens=100))  # all that keep the shares
+    # 4 end samples under the cap hold half of the selection: 8 samples, not the 44 under the cap.
+    assert counts["strata"]["end"]["selected"] == 4 and counts["strata"]["message"]["selected"] == 4
+    assert len(selected) == 8
+
+
+def test_a_stratum_with_no_sample_under_the_cap_is_reported_and_left_out():
+    samples = stratified_samples(n_end=5, n_end_under_cap=0, n_message=20)
+    selected, counts = select_train_samples(samples, SftParams(max_sample_tokens=100, max_train_samples=6))
+    assert counts["strata_without_sample_under_cap"] == ["end"]
+    assert len(selected) == 6 and not selected["is_end"].any()
+    assert counts["shares"]["end"] == {"available": 0.2, "selected": 0.0}
 
 
 def test_precision_resolution(monkeypatch):

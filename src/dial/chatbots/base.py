@@ -28,6 +28,10 @@ class ChatRequest:
 class ChatReply:
     text: str | None  # None: the chatbot ended the conversation
     metadata: dict = field(default_factory=dict)  # e.g. generated tokens, retries
+    # Cut by the backend's token budget before the chatbot ended its message (hf: no end-of-turn
+    # token within max_new_tokens; openai: finish_reason "length"). A cut is our artifact, not the
+    # chatbot's behaviour: the simulated messages table records it and judges do not count it.
+    truncated: bool = False
 
 
 class ChatbotError(DialError):

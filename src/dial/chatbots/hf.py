@@ -33,7 +33,8 @@ class HFChatbot(Chatbot):
         return [
             ChatReply(
                 text=g.text or None,
-                metadata={"n_tokens": g.n_tokens, "hit_max_tokens": g.hit_max_tokens, "empty": not g.text},
+                metadata={"n_tokens": g.n_tokens, "empty": not g.text},
+                truncated=g.hit_max_tokens,
             )
             for g in generated
         ]

@@ -18,7 +18,8 @@ Replies:
 * otherwise the text, stripped of surrounding whitespace.
 
 Metadata: `attempts` (1 = no retry), `prompt_tokens` and `completion_tokens` (from `usage`, None
-if not sent), `finish_reason`, `hit_max_tokens` (finish_reason "length"), `empty`.
+if not sent), `finish_reason`, `empty`. A reply with finish_reason "length" is `truncated` (cut by
+max_new_tokens).
 
 Failures (after the client's retries, see `dial.openai_client`) raise `ChatbotError(chatbot,
 session, reason)`. When a request of a batch fails, the requests not started yet are skipped (never
@@ -120,7 +121,6 @@ class OpenAIChatbot(Chatbot):
             "prompt_tokens": usage.get("prompt_tokens"),
             "completion_tokens": usage.get("completion_tokens"),
             "finish_reason": completion.finish_reason,
-            "hit_max_tokens": completion.finish_reason == "length",
             "empty": not text,
         }
         if not text:
@@ -132,7 +132,7 @@ class OpenAIChatbot(Chatbot):
                     f"(max_new_tokens={self.params.decoding.max_new_tokens})",
                 )
             return ChatReply(text=None, metadata=metadata)
-        return ChatReply(text=text, metadata=metadata)
+        return ChatReply(text=text, metadata=metadata, truncated=completion.finish_reason == "length")
 
     def close(self) -> None:
         if self._pool is not None:

@@ -2,6 +2,7 @@
 
 The k-th reply of a simulated session is the k-th assistant message of the real session that
 grounds it; when the real assistant has nothing more to say, the chatbot ends the conversation.
+Replayed messages are real, never cut by a token budget (`truncated` stays False).
 """
 
 from __future__ import annotations

@@ -84,7 +84,10 @@ def evaluate_chatbots(
     chatbots = make_chatbots([configured[name] for name in chatbot_names], paths.BASE_MODEL_DIR, real_assistant,
                              simulate_params.precision, simulate_params.batch_size)
     try:
-        Simulation(simulator, chatbots, simulate_params, params.sft_samples.end_marker).run(states, progress=progress)
+        Simulation(
+            simulator, chatbots, simulate_params, params.sft_samples.end_marker,
+            message_separator=params.sft_samples.message_separator,
+        ).run(states, progress=progress)
     finally:
         for chatbot in chatbots:
             chatbot.close()

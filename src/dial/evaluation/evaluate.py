@@ -7,10 +7,22 @@
 * issue rate with its standard error, per-category shares, KL(real ‖ sim) and per-chatbot rates
   (`stats`; figure 2, table 3, figure 4), from the issue judge's output;
 * user-action rates and BCE(real, sim) per action group (table 4, figure 5), from the action judge;
-* the discriminator's held-out accuracy / F1 / MCC (table 2), read from its report;
+* the discriminator's held-out accuracy / F1 / MCC (table 2), read from its report, with the
+  structure-only baseline's accuracy when the report has one (`structure_baseline`);
+* the share of messages cut at the max_new_tokens cap, read from the simulate reports (`truncation`);
 * dialogue-termination F1 when termination predictions are given;
+* the held-out perplexity of the real user messages under each simulator, as computed by
+  `dial.evaluation.perplexity` (`perplexity`, with its interval), when given;
 * predictive validity (Pearson across chatbot configurations, table 3) and A/B replication
-  (table 5) for the configured (control, treatment) chatbot pairs.
+  (table 5) for the configured (control, treatment) chatbot pairs;
+* 95 % intervals beside the metrics and each simulator compared with the baseline (`vs_baseline`),
+  with the key convention and the choice of interval in `dial.evaluation.intervals`.
+
+Like for like (issue #11): real held-out sessions run far longer than simulated ones, so every
+session is cut after the same number of user turns (`cut_sessions`) before the judge or any metric
+reads it; each group's `n_sessions`, `n_user_messages` and `n_chatbot_messages` are the counts
+after the cut. The termination probe is the exception: it asks where real sessions end, so it reads
+them whole.
 
 Judge output (the judges run elsewhere; nothing here calls a model or an API):
     `issues`        item_id, turn_index (of the chatbot message), group, category, evidence, judge
@@ -36,8 +48,9 @@ import numpy as np
 import pandas as pd
 
 from dial.errors import DialError
-from dial.evaluation import lexical, realism, stats
+from dial.evaluation import intervals, lexical, realism, stats
 from dial.params import AbPair, DecodingParams, EvaluateParams, TerminationParams, TsneParams  # noqa: F401 (defined with the other params)
+from dial.prompting import user_messages_in_turns
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +62,40 @@ ACTION_COLUMNS = ("item_id", "turn_index", "group", "action")
 def termination_decoding(simulate_decoding: DecodingParams, params: TerminationParams) -> DecodingParams:
     """The simulator's own sampling (as in simulation), with only a few new tokens."""
     return simulate_decoding.model_copy(update={"max_new_tokens": params.max_new_tokens})
+
+
+# --------------------------------------------------------------------------------------------
+# Like for like: every session cut at the same number of user turns
+# --------------------------------------------------------------------------------------------
+
+
+def cut_length(roles: Sequence[str], user_turns: int) -> int:
+    """How many of a session's messages (roles in turn order) the cut keeps: up to the end of its
+    `user_turns`-th user turn (a burst of consecutive user messages is one turn) and the one
+    chatbot message right after it, which is where a simulated session of `user_turns` turns stops
+    (`dial.simulate`: each user turn gets one chatbot reply, the last one too). A session with
+    fewer user turns is kept whole."""
+    user_positions = [i for i, role in enumerate(roles) if role == "user"]
+    n_kept_users = user_messages_in_turns(roles, user_turns)
+    if n_kept_users == len(user_positions):
+        return len(roles)
+    last_user = user_positions[n_kept_users - 1]
+    reply = last_user + 1 < len(roles) and roles[last_user + 1] == "assistant"
+    return last_user + 1 + int(reply)
+
+
+def cut_sessions(messages: pd.DataFrame, user_turns: int) -> pd.DataFrame:
+    """`messages` (sorted by session and turn) with every session cut by `cut_length`.
+
+    Only the end moves: a real session keeps its own shape before it (a chatbot opening, several
+    messages in a row by one side), which the per-group message counts show. Simulated sessions of
+    at most `user_turns` turns are unchanged: one that ended early is not padded."""
+    if user_turns < 1:
+        raise DialError(f"evaluate: sessions are cut after at least 1 user turn (got {user_turns})")
+    ordered = messages.sort_values(["session_id", "turn_index"], kind="stable").reset_index(drop=True)
+    kept = {str(sid): cut_length(list(group["role"]), user_turns) for sid, group in ordered.groupby("session_id", sort=True)}
+    position = ordered.groupby("session_id", sort=False).cumcount()
+    return ordered[position < ordered["session_id"].astype(str).map(kept)].reset_index(drop=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -83,8 +130,9 @@ def _roles(messages: pd.DataFrame) -> dict[tuple[str, int], str]:
 
 def _issue_summary(
     sessions: pd.DataFrame, messages: pd.DataFrame, judged: set[str], issues: pd.DataFrame
-) -> dict:
-    """Issue rate (+ SE), category counts and per-chatbot counts over the judged sessions of a group."""
+) -> tuple[dict, dict]:
+    """Per-session counts (flagged and chatbot messages, flagged pairs) and the summary: issue rate
+    (+ SE), category counts and per-chatbot counts over the judged sessions of a group."""
     chatbot_of = dict(zip(sessions["session_id"].astype(str), sessions["chatbot_id"]))
     judged = judged & set(chatbot_of)
     in_group = messages[messages["session_id"].astype(str).isin(judged)]
@@ -102,7 +150,12 @@ def _issue_summary(
         str(c): stats.proportion(int(per_chatbot_k.get(c, 0)), int(n)) for c, n in sorted(per_chatbot_n.items()) if c
     }
     category_counts = {str(c): int(n) for c, n in sorted(pairs["category"].value_counts().items())}
-    return {
+    samples = {
+        "k": flagged["session_id"].value_counts(),
+        "n": chatbot_messages["session_id"].astype(str).value_counts(),
+        "pairs": pairs[["session_id", "category"]],
+    }
+    return samples, {
         **summary,
         "n_sessions_judged": len(judged),
         "n_issue_rows": int(len(found)),
@@ -114,7 +167,8 @@ def _issue_summary(
     }
 
 
-def _action_summary(messages: pd.DataFrame, judged: set[str], actions: pd.DataFrame) -> dict:
+def _action_summary(messages: pd.DataFrame, judged: set[str], actions: pd.DataFrame) -> tuple[dict, dict]:
+    """Per-session counts (user messages, found actions) and the summary: action rates per user message."""
     in_group = messages[messages["session_id"].astype(str).isin(judged)]
     n_user = int((in_group["role"] == "user").sum())
     role_of = _roles(in_group)
@@ -122,7 +176,8 @@ def _action_summary(messages: pd.DataFrame, judged: set[str], actions: pd.DataFr
     on_user = np.array([role_of.get((s, t)) == "user" for s, t in zip(found["session_id"], found["turn_index"])], dtype=bool)
     valid = (found[on_user] if len(found) else found).drop_duplicates(["session_id", "turn_index", "action"])
     counts = valid["action"].astype(str).value_counts()
-    return {
+    samples = {"n": in_group.loc[in_group["role"] == "user", "session_id"].astype(str).value_counts(), "found": valid[["session_id", "action"]]}
+    return samples, {
         "n_sessions_judged": len(judged),
         "n_user_messages": n_user,
         "n_not_on_user_message": int((~on_user).sum()) if len(found) else 0,
@@ -159,11 +214,45 @@ def _grounding(sessions: pd.DataFrame, simulations: pd.DataFrame | None, name: s
 
 
 def _discriminator(report: dict | None) -> dict | None:
-    """The metrics of a discriminator report (its `metrics` object, or the metrics themselves)."""
+    """The metrics of a discriminator report (its `metrics` object, or the metrics themselves), and
+    its structure-only baseline when it has one (keys renamed to `accuracy_ci_low`/`_high`)."""
     if not report:
         return None
     metrics = report.get("metrics", report)
-    return {key: dict(value) for key, value in metrics.items() if isinstance(value, dict)}
+    result = {key: dict(value) for key, value in metrics.items() if isinstance(value, dict) and key != "structure_baseline"}
+    baseline = report.get("structure_baseline") or metrics.get("structure_baseline")
+    if isinstance(baseline, dict) and baseline.get("accuracy") is not None:
+        result["structure_baseline"] = {
+            "accuracy": baseline["accuracy"],
+            "accuracy_ci_low": baseline.get("ci_low"),
+            "accuracy_ci_high": baseline.get("ci_high"),
+            "n": baseline.get("n"),
+        }
+    return result
+
+
+def _truncation(report: dict | None) -> dict | None:
+    """The simulate report's share of messages cut at the max_new_tokens cap (user side and per
+    chatbot), keys renamed to the `share_ci_low`/`_high` convention; None when absent."""
+    found = (report or {}).get("truncation")
+    if not isinstance(found, dict):
+        return None
+
+    def entry(value: dict) -> dict:
+        return {
+            "truncated": value.get("truncated"),
+            "messages": value.get("messages"),
+            "share": value.get("share"),
+            "share_ci_low": value.get("ci_low"),
+            "share_ci_high": value.get("ci_high"),
+        }
+
+    result = {}
+    if isinstance(found.get("user"), dict):
+        result["user"] = entry(found["user"])
+    chatbots = found.get("chatbots") or {}
+    result["chatbots"] = {str(name): entry(value) for name, value in sorted(chatbots.items()) if isinstance(value, dict)}
+    return result
 
 
 def _group(
@@ -172,19 +261,38 @@ def _group(
     messages: pd.DataFrame,
     simulations: pd.DataFrame | None,
     contexts: pd.DataFrame,
-    params: EvaluateParams,
-) -> dict:
-    ids = set(sessions["session_id"].astype(str))
+    user_turns: int | None,
+) -> tuple[dict, intervals.GroupSample]:
+    ids = sorted(set(sessions["session_id"].astype(str)))
     own = messages[messages["session_id"].astype(str).isin(ids)]  # messages of other sessions are out of scope
+    if user_turns is not None:
+        ordered = own.sort_values(["session_id", "turn_index"], kind="stable")
+        too_long = sorted(
+            str(session_id) for session_id, group in ordered.groupby("session_id", sort=True)
+            if cut_length(list(group["role"]), user_turns) < len(group)
+        )
+        if too_long:
+            raise DialError(
+                f"evaluate: {name}: session(s) {too_long[:5]} go on past {user_turns} user turns; cut them with cut_sessions"
+            )
     grounding = _grounding(sessions, simulations, name)
-    return {
+    per_session = lexical.per_session(sessions.drop_duplicates("session_id"), own)
+    overlaps, _, _ = realism.intent_overlaps(own, grounding, contexts)
+    sample = intervals.GroupSample(
+        session_ids=ids,
+        lexical=per_session,
+        intent_sums=np.array([sum(overlaps.get(sid, [])) for sid in ids], dtype=np.float64),
+        intent_counts=np.array([len(overlaps.get(sid, [])) for sid in ids], dtype=np.float64),
+    )
+    summary = {
         "n_sessions": len(ids),
         "n_user_messages": int((own["role"] == "user").sum()),
         "n_chatbot_messages": int((own["role"] == "assistant").sum()),
-        "lexical": lexical.lexical_summary(sessions, own, params.max_user_turns),
-        "first_turn_diversity": realism.first_turn_diversity(own, sorted(ids)),
-        "intent_decomposition": realism.intent_decomposition(own, grounding, contexts, params.max_user_turns),
+        "lexical": lexical.summarise(per_session),
+        "first_turn_diversity": realism.first_turn_diversity(own, ids),
+        "intent_decomposition": realism.intent_decomposition(own, grounding, contexts),
     }
+    return summary, sample
 
 
 def evaluate(
@@ -200,20 +308,33 @@ def evaluate(
     params: EvaluateParams | None = None,
     issue_categories: Sequence[str] | None = None,
     action_groups: Mapping[str, str] | None = None,
+    simulate_reports: Mapping[str, dict | None] | None = None,
+    simulated_user_turns: int | None = None,
+    user_turns: int | None = None,
+    perplexity: Mapping[str, dict] | None = None,
 ) -> dict:
     """The full metrics structure (module docstring).
 
     `simulated` maps each simulator id, in report order (zero-shot, sft, it1, …), to its
     (sessions, messages, simulations) frames. `issue_categories` (the taxonomy's categories) and
     `action_groups` (action → group) make KL and BCE use the whole taxonomy rather than only what
-    was observed. Returns {"order", "groups": {"real": {...}, <simulator>: {...}}, "judge", "settings"}.
+    was observed. `simulate_reports` (simulator → its reports/simulate JSON) give the truncation
+    shares; `simulated_user_turns` (the user messages a simulated session, as the discriminator saw
+    it, can have at most) lets the report mark later discriminator turns "not simulated".
+    Sessions are measured as given: `user_turns` says at how many user turns the caller cut every
+    session (`cut_sessions`, done before judging so that the judge sees the same messages) and is
+    checked; None = not cut. `perplexity` (simulator → `perplexity.held_out_perplexity`'s result)
+    is carried as is into that simulator's group.
+    Returns {"order", "groups": {"real": {...}, <simulator>: {...}}, "judge", "settings"}.
     """
     params = params or EvaluateParams()
     if REAL in simulated:
         raise DialError(f"evaluate: {REAL!r} is reserved for the real sessions; rename that simulator")
     order = [REAL, *simulated]
     frames = {REAL: (real_sessions, real_messages, None), **{k: tuple(v) for k, v in simulated.items()}}
-    groups = {name: _group(name, s, m, sim, contexts, params) for name, (s, m, sim) in frames.items()}
+    groups, samples = {}, {}
+    for name, (s, m, sim) in frames.items():
+        groups[name], samples[name] = _group(name, s, m, sim, contexts, user_turns)
 
     # Judged sessions, per group and overall.
     item_sessions = {str(k): str(v) for k, v in (item_sessions or {}).items()}
@@ -239,19 +360,31 @@ def evaluate(
         action_frame = _with_sessions(user_actions, item_sessions, "user_actions")
     for name, (s, m, _) in frames.items():
         judged = judged_all & set(s["session_id"].astype(str))
-        groups[name]["issues"] = _issue_summary(s, m, judged, issue_frame) if issue_frame is not None else None
-        groups[name]["actions"] = _action_summary(m, judged, action_frame) if action_frame is not None else None
+        groups[name]["issues"] = groups[name]["actions"] = None
+        ids = samples[name].session_ids
+        if issue_frame is not None:
+            per_session, groups[name]["issues"] = _issue_summary(s, m, judged, issue_frame)
+            samples[name].issue_k = per_session["k"].reindex(ids, fill_value=0).to_numpy(dtype=np.float64)
+            samples[name].issue_n = per_session["n"].reindex(ids, fill_value=0).to_numpy(dtype=np.float64)
+            chatbot_of = dict(zip(s["session_id"].astype(str), s["chatbot_id"].fillna("").astype(str)))
+            samples[name].chatbots = np.array([chatbot_of.get(sid, "") for sid in ids], dtype=object)
+            samples[name].issue_pairs = per_session["pairs"]
+        if action_frame is not None:
+            per_session, groups[name]["actions"] = _action_summary(m, judged, action_frame)
+            samples[name].action_n = per_session["n"].reindex(ids, fill_value=0).to_numpy(dtype=np.float64)
+            samples[name].action_found = per_session["found"]
 
     # KL(real ‖ sim) over one category list for every simulator.
+    categories: list[str] = []
     if issue_frame is not None:
         categories = sorted(
             set(issue_categories or ()) | {c for g in groups.values() for c in g["issues"]["category_counts"]}
         )
         real_counts = groups[REAL]["issues"]["category_counts"]
         for name in simulated:
-            groups[name]["issues"]["kl_from_real"] = stats.kl_divergence(
-                real_counts, groups[name]["issues"]["category_counts"], categories, params.kl_smoothing
-            )
+            sim_counts = groups[name]["issues"]["category_counts"]
+            groups[name]["issues"]["kl_from_real"] = stats.kl_divergence(real_counts, sim_counts, categories, params.kl_smoothing)
+            groups[name]["issues"]["kl_unsmoothed"] = stats.kl_unsmoothed(real_counts, sim_counts)
         groups[REAL]["issues"]["kl_from_real"] = None
         judge["n_issue_categories"] = len(categories)
 
@@ -272,13 +405,23 @@ def evaluate(
     # Discriminator, termination, predictive validity and A/B.
     discriminator_reports = discriminator_reports or {}
     termination = termination or {}
+    perplexity = perplexity or {}
     real_chatbot_counts = _chatbot_counts(groups[REAL])
+    simulate_reports = simulate_reports or {}
     for name in order:
         groups[name]["discriminator"] = _discriminator(discriminator_reports.get(name))
         predictions = termination.get(name)
         groups[name]["termination"] = realism.termination_f1(predictions) if predictions is not None else None
+        if predictions is not None:
+            scored = predictions[predictions["status"] == realism.GENERATED] if "status" in predictions else predictions
+            samples[name].termination = scored
         if name == REAL:
             continue
+        truncation = _truncation(simulate_reports.get(name))
+        if truncation is not None:
+            groups[name]["truncation"] = truncation
+        if name in perplexity:
+            groups[name]["perplexity"] = dict(perplexity[name])
         sim_counts = _chatbot_counts(groups[name])
         if groups[name]["issues"] is None:
             groups[name]["predictive_validity"] = {"applicable": False, "why": "no issue judge output"}
@@ -294,8 +437,22 @@ def evaluate(
         }
     tsne = "on" if params.tsne.enabled else "off"  # the picture itself: dial.evaluation.embeddings
     unknown = sorted(set(discriminator_reports) - set(order)) + sorted(set(termination) - set(order))
+    unknown += sorted(set(perplexity) - set(simulated))  # a simulator's measure: none for the real group
     if unknown:
         raise DialError(f"evaluate: reports for unknown group(s) {unknown}; groups are {order}")
+
+    # 95 % intervals, then each simulator against the baseline (dial.evaluation.intervals).
+    intervals.add_intervals(
+        groups,
+        samples,
+        categories=categories,
+        group_of=judge.get("action_groups"),
+        n_resamples=params.bootstrap_samples,
+        seed=params.seed,
+        kl_smoothing=params.kl_smoothing,
+        bce_eps=params.bce_eps,
+    )
+    intervals.compare_with_baseline(groups, samples, order)
     return {
         "order": order,
         "groups": groups,
@@ -303,8 +460,11 @@ def evaluate(
         "settings": {
             "kl_smoothing": params.kl_smoothing,
             "bce_eps": params.bce_eps,
-            "max_user_turns": params.max_user_turns,
+            "max_user_turns": user_turns,
             "decimals": params.decimals,
+            "bootstrap_samples": params.bootstrap_samples,
+            "seed": params.seed,
+            "simulated_user_turns": simulated_user_turns,
             "ab_pairs": [pair.model_dump() for pair in params.ab_pairs],
             "tsne": tsne,
         },

@@ -86,28 +86,23 @@ def session_metrics(user_texts: Sequence[str]) -> dict:
     }
 
 
-def user_texts_by_session(
-    messages: pd.DataFrame, session_ids: Iterable[str] | None = None, max_user_turns: int = 0
-) -> dict[str, list[str]]:
-    """Each session's user messages in turn order (the first `max_user_turns` only when > 0).
+def user_texts_by_session(messages: pd.DataFrame, session_ids: Iterable[str] | None = None) -> dict[str, list[str]]:
+    """Each session's user messages in turn order.
 
     Sessions of `session_ids` without any user message map to an empty list."""
     users = messages[messages["role"] == "user"].sort_values(["session_id", "turn_index"], kind="stable")
     texts = {str(sid): list(group["text"]) for sid, group in users.groupby("session_id", sort=True)}
-    if max_user_turns > 0:
-        texts = {sid: found[:max_user_turns] for sid, found in texts.items()}
     if session_ids is None:
         return texts
     return {str(sid): texts.get(str(sid), []) for sid in session_ids}
 
 
-def per_session(sessions: pd.DataFrame, messages: pd.DataFrame, max_user_turns: int = 0) -> pd.DataFrame:
-    """One row per session of `sessions` (sorted by session_id) with its lexical metrics.
-
-    `max_user_turns` > 0 keeps only each session's first user messages, so that real sessions
-    (often longer) are compared with simulated ones of at most that many user turns."""
+def per_session(sessions: pd.DataFrame, messages: pd.DataFrame) -> pd.DataFrame:
+    """One row per session of `sessions` (sorted by session_id) with its lexical metrics, over the
+    messages given: the evaluation cuts real and simulated sessions alike first
+    (`dial.evaluation.evaluate.cut_sessions`)."""
     session_ids = sorted(sessions["session_id"].astype(str))
-    texts = user_texts_by_session(messages, session_ids, max_user_turns)
+    texts = user_texts_by_session(messages, session_ids)
     rows = [{"session_id": sid, **session_metrics(texts[sid])} for sid in session_ids]
     if not rows:
         return pd.DataFrame({column: pd.Series(dtype="float64") for column in PER_SESSION_COLUMNS}).astype({"session_id": str})
@@ -133,6 +128,6 @@ def summarise(per_session_frame: pd.DataFrame) -> dict:
     return result
 
 
-def lexical_summary(sessions: pd.DataFrame, messages: pd.DataFrame, max_user_turns: int = 0) -> dict:
+def lexical_summary(sessions: pd.DataFrame, messages: pd.DataFrame) -> dict:
     """Per-session metrics of `sessions`, summarised (one simulator or the real users)."""
-    return summarise(per_session(sessions, messages, max_user_turns))
+    return summarise(per_session(sessions, messages))

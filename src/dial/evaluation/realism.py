@@ -11,25 +11,34 @@ First-turn diversity
     of first turns, so compare groups of similar size.
 
 Intent decomposition
-    How much of the grounding intent the user copies: for each user message, the share of its
-    distinct content words (stop words removed, `STOP_WORDS`) that also occur in the session's
-    grounding current-session summary (`contexts.current_summary` of the real session itself, or
-    of the real session a simulation was grounded on). The group's value is the mean over user
-    messages (micro-average); messages with no content word are counted and left out. Lower is more
-    human (UserLM: humans 1.68%, UserLM-8B 2.69%).
+    How much of the intent the user copies: for each user message, the share of its distinct
+    content words (stop words removed, `STOP_WORDS`) that also occur in the session's *intent*. The
+    intent must not come from the words of the session itself: the current-session summary is
+    built from the real user's own messages of that session (the local summariser keeps their
+    keywords), so against it real users would "overlap" by construction. The intent is therefore
+    what the context held *before* the session (`intent_reference`): the session's topic line (the
+    conversation prompt or the situation the user described before the chat, when the source has
+    one), the long-term context and the previous-session summaries, taken from the context of the
+    real session itself or of the real session a simulation was grounded on. Sessions whose
+    reference is empty (a user's first session without a topic) are counted and left out. The
+    group's value is the mean over user messages (micro-average); messages with no content word are
+    counted and left out. Lower is more human (UserLM: humans 1.68%, UserLM-8B 2.69%).
 
 Dialogue termination (F1 against real endings)
     For each held-out real session and each position right after a chatbot turn (after the last
     message of each run of chatbot messages: the user would speak next), the simulator is asked for
-    the next user message given the real history so far. It "ends" when its output starts with the
-    end marker. The truth: the real user did end there (no user message follows). Precision, recall
-    and F1 of "ends" as the positive class over all positions (UserLM: UserLM-8B F1 63.5, prompted
-    assistants 3–15). Positions whose prompt does not fit the model's window are counted, not scored.
+    the next user message given the real history so far. It "ends" when its output ends the
+    conversation by the rule the simulation applies (`prompting.parse_user_turn`: the end marker
+    anywhere in the output). The truth: the real user ended with that turn (no chatbot message
+    follows it: nothing more, or one last user turn, which the simulator writes with the marker).
+    Precision, recall and F1 of "ends" as the positive class over all positions (UserLM:
+    UserLM-8B F1 63.5, prompted assistants 3–15). Positions whose prompt does not fit the model's window are counted, not scored.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from typing import Iterable, Sequence
 
@@ -37,6 +46,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from dial.contexts import TOPIC_LABELS
 from dial.errors import DialError
 from dial.evaluation.lexical import user_texts_by_session, words
 from dial.prompting import is_end_of_conversation, simulator_messages
@@ -58,6 +68,11 @@ STOP_WORDS = frozenset(
     he's he'd he'll we're we've we'll we'd they're they've they'll they'd let's there's what's
     """.split()
 )
+
+# The labels `dial.contexts` puts before a session's topic line in its current summary.
+TOPIC_LINE_LABELS = (*TOPIC_LABELS.values(), "Session topic")
+INTENT_REFERENCE = "topic line, long-term context and previous-session summaries of the context (not this session's summary)"
+INTENT_CONTEXT_COLUMNS = ("session_id", "current_summary", "long_term", "previous_summaries")
 
 TERMINATION_COLUMNS = ["simulator_id", "session_id", "turn_index", "is_end", "predicted_end", "status", "generated"]
 GENERATED, OVER_MAX_POSITIONS = "generated", "over_max_positions"
@@ -95,35 +110,68 @@ def intent_overlap(user_text: str, intent_text: str) -> float | None:
     return len(message & set(words(intent_text))) / len(message)
 
 
+def intent_reference(current_summary: str, long_term: str, previous_summaries: str) -> str:
+    """The intent of a session that its own messages did not produce (module docstring): the topic
+    line of the current summary, the long-term context and the previous summaries (a JSON list)."""
+    first_line, _, rest = str(current_summary).partition("\n")
+    topic = first_line if rest and first_line.startswith(tuple(f"{label}: " for label in TOPIC_LINE_LABELS)) else ""
+    return "\n".join(part for part in (topic, str(long_term or ""), *json.loads(previous_summaries or "[]")) if part)
+
+
+def intent_overlaps(
+    messages: pd.DataFrame,
+    grounding: pd.Series | dict,
+    contexts: pd.DataFrame,
+) -> tuple[dict[str, list[float]], int, int]:
+    """(session_id → intent overlap of each user message with content words, messages without
+    content words, sessions without a reference) over the sessions of `grounding` (session_id →
+    grounding real session id). Sessions without a reference are left out of the map. A grounding
+    session without a context is an error: the metric would silently shrink otherwise."""
+    missing_columns = [c for c in INTENT_CONTEXT_COLUMNS if c not in contexts.columns]
+    if missing_columns:
+        raise DialError(f"intent_decomposition: contexts lack column(s) {missing_columns}")
+    grounding = dict(grounding)
+    reference_of = {
+        str(row.session_id): intent_reference(row.current_summary, row.long_term, row.previous_summaries)
+        for row in contexts[list(INTENT_CONTEXT_COLUMNS)].itertuples(index=False)
+    }
+    missing = sorted({g for g in grounding.values() if g not in reference_of})
+    if missing:
+        raise DialError(f"intent_decomposition: no context for grounding session(s) {missing[:5]}")
+    texts = user_texts_by_session(messages, sorted(grounding))
+    overlaps: dict[str, list[float]] = {}
+    without_content = without_reference = 0
+    for session_id, found in texts.items():
+        reference = reference_of[grounding[session_id]]
+        if not reference:
+            without_reference += 1
+            continue
+        overlaps[session_id] = []
+        for text in found:
+            overlap = intent_overlap(text, reference)
+            if overlap is None:
+                without_content += 1
+            else:
+                overlaps[session_id].append(overlap)
+    return overlaps, without_content, without_reference
+
+
 def intent_decomposition(
     messages: pd.DataFrame,
     grounding: pd.Series | dict,
     contexts: pd.DataFrame,
-    max_user_turns: int = 0,
 ) -> dict:
-    """Mean intent overlap over the user messages of the sessions of `grounding` (session_id →
-    grounding real session id; see module docstring). A grounding session without a context is an
-    error: the metric would silently shrink otherwise."""
-    grounding = dict(grounding)
-    summary_of = dict(zip(contexts["session_id"].astype(str), contexts["current_summary"]))
-    missing = sorted({g for g in grounding.values() if g not in summary_of})
-    if missing:
-        raise DialError(f"intent_decomposition: no context (current_summary) for grounding session(s) {missing[:5]}")
-    texts = user_texts_by_session(messages, sorted(grounding), max_user_turns)
-    overlaps: list[float] = []
-    without_content = 0
-    for session_id, found in texts.items():
-        summary = summary_of[grounding[session_id]]
-        for text in found:
-            overlap = intent_overlap(text, summary)
-            if overlap is None:
-                without_content += 1
-            else:
-                overlaps.append(overlap)
+    """Mean intent overlap over the user messages of the sessions of `grounding` against the
+    intent their context held before the session (module docstring)."""
+    by_session, without_content, without_reference = intent_overlaps(messages, grounding, contexts)
+    overlaps = [overlap for found in by_session.values() for overlap in found]
     return {
         "value": float(np.mean(overlaps)) if overlaps else None,
         "n_user_messages": len(overlaps) + without_content,
         "n_without_content_words": without_content,
+        "n_sessions": len(by_session),
+        "n_sessions_without_reference": without_reference,
+        "reference": INTENT_REFERENCE,
     }
 
 
@@ -134,7 +182,9 @@ def intent_decomposition(
 
 def termination_positions(messages: pd.DataFrame, session_ids: Iterable[str]) -> pd.DataFrame:
     """Positions after a chatbot turn of each session: session_id, turn_index (the chatbot message
-    after which the user would speak), is_end (the real user wrote nothing after it)."""
+    after which the user would speak), is_end (the real user's next turn ends the conversation: no
+    chatbot message follows, so the user wrote nothing more or one last turn, the way the SFT
+    end samples put the marker; `dial.sft_samples`)."""
     wanted = {str(sid) for sid in session_ids}
     frame = messages[messages["session_id"].astype(str).isin(wanted)].sort_values(["session_id", "turn_index"], kind="stable")
     rows = []
@@ -144,8 +194,7 @@ def termination_positions(messages: pd.DataFrame, session_ids: Iterable[str]) ->
         for i, role in enumerate(roles):
             if role != "assistant" or (i + 1 < len(roles) and roles[i + 1] == "assistant"):
                 continue  # not the last message of a chatbot run
-            later_user = any(r == "user" for r in roles[i + 1 :])
-            rows.append({"session_id": str(session_id), "turn_index": int(turns[i]), "is_end": not later_user})
+            rows.append({"session_id": str(session_id), "turn_index": int(turns[i]), "is_end": "assistant" not in roles[i + 1 :]})
     return pd.DataFrame(rows, columns=["session_id", "turn_index", "is_end"]).astype({"turn_index": "int64", "is_end": bool})
 
 
@@ -181,7 +230,8 @@ def termination_predictions(
     outputs do not depend on the batching.
 
     Returns TERMINATION_COLUMNS (the `termination_predictions` artifact; `simulator_id` is only
-    copied into the rows): predicted_end = the output starts with `end_marker`. Positions
+    copied into the rows): predicted_end = the output ends the conversation
+    (`is_end_of_conversation`, the simulation's rule). Positions
     whose prompt plus `decoding.max_new_tokens` exceeds the model's window have status
     `over_max_positions` (predicted_end False, not scored by `termination_f1`)."""
     marker_tokens = len(generator.tokenizer(end_marker, add_special_tokens=False)["input_ids"])

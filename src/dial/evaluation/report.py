@@ -17,7 +17,14 @@ same metrics):
 The training loss curves already exist (reports/sft/loss.csv, reports/dpo/<it>/loss.csv); pass
 them as `loss_files` to draw them in the report too.
 
-Missing inputs show as "—" in tables and are left out of figures, never an error.
+Missing inputs show as "—" in tables and are left out of figures, never an error. Intervals
+(`<name>_ci_low` / `<name>_ci_high` beside a metric, see `dial.evaluation.intervals`) are shown as
+"[low, high]" next to the value. The verdict marks a difference ✓ / ✗ only when its 95 % interval
+excludes zero, and the report opens with a power sentence instead of a verdict when the
+discriminators' held-out sets are too small to detect a 10-point change in accuracy. Parts that
+other stages may add are rendered when present and skipped when absent: held-out perplexity
+(`<simulator>.perplexity`), the simulate reports' truncation shares, the discriminator's
+structure-only baseline.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ import math
 from pathlib import Path
 from typing import Mapping
 
+from dial.evaluation import stats
+from dial.evaluation.intervals import VERDICT_METRICS, baseline_of
 from dial.io import atomic_path, write_json_atomic, write_text_atomic
 
 MISSING = "—"
@@ -35,7 +44,11 @@ DISCRIMINATOR_TURNS = ("turn_1", "turn_5", "turn_10", "turn_25", "overall")
 LEXICAL_METRICS = ("word_entropy", "type_token_ratio", "bigram_diversity")
 FIGURE_DPI = 100
 PNG_METADATA = {"Software": None}  # no matplotlib version in the file: same bytes across upgrades
-BASELINE = "sft"
+NOT_SIMULATED = "not simulated"
+# The power sentence: can the run detect discriminator accuracy moving from 50 % to 60 %?
+POWER_ACCURACIES = (0.5, 0.6)
+POWER_ALPHA = 0.05
+POWER_TARGET = 0.8
 
 
 # --------------------------------------------------------------------------------------------
@@ -96,6 +109,16 @@ def _fmt(value, kind: str = "f3") -> str:
     if kind == "p":
         return f"{value:.4f}" if value >= 1e-4 else f"{value:.1e}"
     return f"{value:.{int(kind[1:])}f}"
+
+
+def _with_interval(entry: dict | None, name: str, kind: str = "f3") -> str:
+    """"value [low, high]" of `entry[name]` and its `_ci_low` / `_ci_high` siblings."""
+    if not isinstance(entry, dict) or entry.get(name) is None:
+        return MISSING
+    low, high = entry.get(f"{name}_ci_low"), entry.get(f"{name}_ci_high")
+    if low is None or high is None:
+        return _fmt(entry[name], kind)
+    return f"{_fmt(entry[name], kind)} [{_fmt(low, kind)}, {_fmt(high, kind)}]"
 
 
 def _cell(text: str) -> str:
@@ -359,81 +382,182 @@ def figure_losses(loss_files: Mapping[str, Path]) -> bytes | None:
 # Markdown
 # --------------------------------------------------------------------------------------------
 
-def _verdict_metrics(metrics: dict) -> list[tuple[str, callable, str]]:
-    """(label, value of a simulator, "lower"/"higher" is better); values are distances to the real
-    users where the real users are the target."""
-    def real_value(*path):
-        return _get(metrics, "real", *path)
-
-    def closeness(*path):
-        def value(name):
-            ours, real = _get(metrics, name, *path), real_value(*path)
-            return None if ours is None or real is None else abs(ours - real)
-        return value
-
-    return [
-        ("discriminator accuracy overall: distance to 50%",
-         lambda n: None if _get(metrics, n, "discriminator", "overall", "accuracy") is None
-         else abs(_get(metrics, n, "discriminator", "overall", "accuracy") - 0.5), "lower"),
-        ("word entropy: distance to real", closeness("lexical", "word_entropy_mean"), "lower"),
-        ("type-token ratio: distance to real", closeness("lexical", "type_token_ratio_mean"), "lower"),
-        ("bigram diversity: distance to real", closeness("lexical", "bigram_diversity_mean"), "lower"),
-        ("first-turn diversity: distance to real", closeness("first_turn_diversity", "value"), "lower"),
-        ("intent decomposition: distance to real", closeness("intent_decomposition", "value"), "lower"),
-        ("issue rate: distance to real", closeness("issues", "rate"), "lower"),
-        ("issue categories KL(real‖sim)", lambda n: _get(metrics, n, "issues", "kl_from_real"), "lower"),
-        ("user actions BCE (total)", lambda n: _get(metrics, n, "actions", "bce", "total"), "lower"),
-        ("termination F1", lambda n: _get(metrics, n, "termination", "f1"), "higher"),
-    ]
-
-
 def verdict(metrics: dict) -> tuple[str, list[str], list[list[str]]]:
     """One sentence and a table (header, rows): each later simulator vs the baseline (sft, else the
-    first simulator in the report order)."""
+    first simulator in the report order), from `<simulator>.vs_baseline` (dial.evaluation.intervals).
+    A cell is ✓ / ✗ only when the 95 % interval of the difference excludes zero."""
     simulators = _simulators(metrics)
     if not simulators:
         return "No simulator was evaluated.", [], []
-    baseline = BASELINE if BASELINE in simulators else simulators[0]
+    baseline = baseline_of(simulators)
     later = simulators[simulators.index(baseline) + 1 :]
-    rows, wins = [], {name: [0, 0] for name in later}
-    for label, value, better in _verdict_metrics(metrics):
-        base = value(baseline)
-        row = [label, _fmt(base, "f3")]
-        for name in later:
-            ours = value(name)
-            if ours is None or base is None:
-                row.append(MISSING)
-                continue
-            improved = ours < base if better == "lower" else ours > base
-            same = math.isclose(ours, base, rel_tol=1e-9, abs_tol=1e-12)
-            wins[name][1] += 1
-            wins[name][0] += int(improved and not same)
-            row.append(f"{_fmt(ours, 'f3')} {'=' if same else ('✓' if improved else '✗')}")
-        rows.append(row)
     if not later:
         return f"Only the baseline simulator ({baseline}) was evaluated: no later simulator to compare.", [], []
-    parts = [f"{name} is closer to real than {baseline} on {w} of {n} comparable metrics" for name, (w, n) in wins.items()]
-    return "; ".join(parts) + ".", ["metric", baseline, *later], rows
+    rows, tally = [], {name: {"better": 0, "worse": 0, "not significant": 0} for name in later}
+    for metric in VERDICT_METRICS:
+        comparisons = {name: _get(metrics, name, "vs_baseline", metric.key) or {} for name in later}
+        first = next(iter(comparisons.values()))
+        row = [metric.label, _n_text(metrics, metric.key, baseline, later), _fmt(first.get("baseline_distance"), "f3")]
+        for name, found in comparisons.items():
+            if found.get("difference") is None:
+                row.append(MISSING)
+                continue
+            if found.get("significant") is None:
+                mark = "no interval"
+            elif found["significant"]:
+                mark = "✓" if found["improved"] else "✗"
+                tally[name]["better" if found["improved"] else "worse"] += 1
+            else:
+                mark = "not significant"
+                tally[name]["not significant"] += 1
+            row.append(f"{_fmt(found['distance'], 'f3')} (Δ {_with_interval(found, 'difference')}) {mark}")
+        rows.append(row)
+    parts = []
+    for name, counts in tally.items():
+        total = sum(counts.values())
+        parts.append(
+            f"{name} vs {baseline}: closer to real on {counts['better']}, further on {counts['worse']}, "
+            f"not significant on {counts['not significant']} of {total} metrics with an interval"
+        )
+    return "; ".join(parts) + ".", ["metric", "n", baseline, *later], rows
+
+
+def _n_text(metrics: dict, key: str, baseline: str, later: list[str]) -> str:
+    """The n of each side of a verdict row: "sessions: real 6, sft 18, it1 18"."""
+    first = _get(metrics, later[0], "vs_baseline", key) or {}
+    counts = [] if first.get("n_real") is None else [f"real {first['n_real']}"]
+    counts.append(f"{baseline} {_fmt(first.get('n_baseline'), 'int')}")
+    counts += [f"{name} {_fmt((_get(metrics, name, 'vs_baseline', key) or {}).get('n'), 'int')}" for name in later]
+    return f"{first.get('unit', '')}: {', '.join(counts)}"
+
+
+def power_sentence(metrics: dict) -> str | None:
+    """A plain sentence when the discriminators' held-out sets are too small to detect accuracy
+    moving from 50 % to 60 % (two-proportion test, α = 0.05, power 0.8); None when they are large
+    enough or when no two discriminators are compared."""
+    simulators = _simulators(metrics)
+    baseline = baseline_of(simulators)
+    if baseline is None:
+        return None
+    compared = simulators[simulators.index(baseline) :]
+    sizes = [_get(metrics, name, "discriminator", "overall", "n") for name in compared]
+    sizes = [int(n) for n in sizes if n]
+    if len(sizes) < 2:
+        return None
+    n = min(sizes)
+    low, high = POWER_ACCURACIES
+    power = stats.two_proportion_power(n, low, high, POWER_ALPHA)
+    if power >= POWER_TARGET:
+        return None
+    needed = stats.two_proportion_sample_size(low, high, POWER_ALPHA, POWER_TARGET)
+    return (
+        f"This run is too small to say whether DIAL made the simulator more real: with {n} held-out user messages "
+        f"per discriminator, a two-proportion test (α = {POWER_ALPHA}) detects a 10-point change in discriminator "
+        f"accuracy ({100 * low:.0f}% vs {100 * high:.0f}%) with power {power:.2f}, not {POWER_TARGET}; that needs about "
+        f"{needed} messages per discriminator (more, since messages of one session are not independent). "
+        "The table below shows the differences with their 95% intervals; read no verdict from it."
+    )
+
+
+def structure_sentence(metrics: dict) -> str | None:
+    """When a structure-only baseline beats chance clearly (its interval above 0.5)."""
+    winners = []
+    for name in _simulators(metrics):
+        baseline = _get(metrics, name, "discriminator", "structure_baseline") or {}
+        if baseline.get("accuracy_ci_low") is not None and baseline["accuracy_ci_low"] > 0.5:
+            winners.append(f"{name} ({_with_interval(baseline, 'accuracy', 'pct1')} %)")
+    if not winners:
+        return None
+    return (
+        "A logistic regression on structural features alone (message lengths, turn counts, …) tells real from "
+        f"simulated sessions better than chance for {', '.join(winners)}: the discriminator can win on structure, "
+        "not only on what the users say."
+    )
+
+
+def _discriminator_cell(metrics: dict, name: str, turn: str, metric: str) -> str:
+    limit = metrics.get("settings", {}).get("simulated_user_turns")
+    if limit and name != "real" and turn.startswith("turn_") and int(turn[len("turn_"):]) > limit:
+        return NOT_SIMULATED
+    entry = _get(metrics, name, "discriminator", turn)
+    if metric == "accuracy":
+        return _with_interval(entry, "accuracy", "pct1")
+    return _fmt(_get(metrics, name, "discriminator", turn, metric), "pct1")
+
+
+def _perplexity_lines(metrics: dict) -> list[str]:
+    """The held-out perplexity table; a simulator after the baseline (sft) whose interval lies
+    entirely above the baseline's is flagged: DIAL must not make real users less predictable."""
+    names = [n for n in _simulators(metrics) if _get(metrics, n, "perplexity", "value") is not None]
+    if not names:
+        return []
+    baseline = baseline_of(_simulators(metrics))
+    baseline_high = _get(metrics, baseline, "perplexity", "value_ci_high") if baseline else None
+    later = _simulators(metrics)[_simulators(metrics).index(baseline) + 1 :] if baseline else []
+    rows, flagged = [], []
+    for n in names:
+        found = _get(metrics, n, "perplexity")
+        low = found.get("value_ci_low")
+        above = n in later and baseline_high is not None and low is not None and low > baseline_high
+        if above:
+            flagged.append(n)
+        rows.append([n, _with_interval(found, "value", "f2"), _fmt(found.get("n_turns"), "int"),
+                     _fmt(found.get("n_tokens"), "int"), _fmt(found.get("n_sessions"), "int"),
+                     f"⚠ above {baseline}" if above else ""])
+    turns = {_get(metrics, n, "perplexity", "max_user_turns") for n in names} - {None}
+    which = f"each session's first {turns.pop()} user turns" if len(turns) == 1 else "their user turns"
+    lines = ["## Held-out perplexity of real user messages", "",
+             _table(["simulator", "perplexity [95% CI]", "user turns", "tokens", "sessions", "flag"], rows), "",
+             f"The perplexity of the real user messages of held-out sessions ({which}) under each simulator, "
+             "teacher-forced on the prompt it sees when simulating. Lower = the simulator finds real users more "
+             f"predictable. DIAL iterations must not blow it up: ⚠ marks one whose interval lies entirely above {baseline}'s.", ""]
+    if flagged:
+        lines += [f"**{', '.join(flagged)}: real users became less predictable than under {baseline}.**", ""]
+    return lines
+
+
+def _truncation_lines(metrics: dict) -> list[str]:
+    rows = []
+    for n in _simulators(metrics):
+        truncation = _get(metrics, n, "truncation")
+        if not truncation:
+            continue
+        sides = ([("user", truncation["user"])] if truncation.get("user") else []) + [
+            (f"chatbot {c}", v) for c, v in sorted((truncation.get("chatbots") or {}).items())
+        ]
+        for side, entry in sides:
+            rows.append([n, side, f"{_fmt(entry.get('truncated'), 'int')} / {_fmt(entry.get('messages'), 'int')}",
+                         _with_interval(entry, "share", "pct")])
+    if not rows:
+        return []
+    return ["## Messages cut at the token cap", "",
+            _table(["simulator", "messages of", "cut / messages", "share [95% CI]"], rows), "",
+            "Messages that hit simulate's max_new_tokens end mid-sentence, which a discriminator can see.", ""]
 
 
 def render_markdown(metrics: dict, figures: Mapping[str, str], category_simulator: str | None = None) -> str:
     order, simulators = metrics["order"], _simulators(metrics)
     sentence, verdict_header, verdict_rows = verdict(metrics)
-    lines = [
-        "# DIAL evaluation",
-        "",
+    underpowered = power_sentence(metrics)
+    lines = ["# DIAL evaluation", ""]
+    if underpowered:
+        lines += [underpowered, ""]
+    lines += [
         "Real users vs every simulator (zero-shot, SFT, DIAL iterations). Lower discriminator accuracy (50% is",
         "ideal), values closer to the real users' row, lower KL and BCE, and higher termination F1 mean a more",
-        "realistic simulator. \"—\" = not available (missing input or undefined).",
-        "",
-        "## Did DIAL make the simulator more real?",
-        "",
-        sentence,
+        "realistic simulator. \"—\" = not available (missing input or undefined); [low, high] = 95% interval.",
         "",
     ]
+    lines += _perplexity_lines(metrics)
+    lines += _truncation_lines(metrics)
+    lines += ["## Did DIAL make the simulator more real?", ""]
+    if not underpowered:
+        lines += [sentence, ""]
     if verdict_rows:
         lines += [_table(verdict_header, verdict_rows), ""]
-        lines += ["✓ closer to real than the baseline, ✗ further, = equal. Distances are shown, not raw values.", ""]
+        lines += ["Distances to the target are shown, not raw values; Δ = simulator − baseline with its 95% bootstrap",
+                  "interval. ✓ closer to real than the baseline, ✗ further: only where the interval excludes 0;",
+                  "otherwise \"not significant\". n = sessions (or messages) each side rests on.", ""]
 
     lines += ["## Sessions", ""]
     lines.append(_table(
@@ -443,46 +567,73 @@ def render_markdown(metrics: dict, figures: Mapping[str, str], category_simulato
           _fmt(_get(metrics, n, "issues", "n_sessions_judged"), "int")] for n in order],
     ))
     turns = metrics.get("settings", {}).get("max_user_turns")
-    lines += ["", f"Lexical and intent metrics use each session's first {turns} user messages." if turns else "", ""]
+    lines += ["", f"Real and simulated sessions were both cut after {turns} user turns (and the chatbot reply that follows) "
+              "before judging and measuring; the counts above are after the cut. The termination probe reads whole "
+              "real sessions." if turns else "", ""]
 
     lines += ["## Linguistic diversity (paper table 1) and UserLM realism", ""]
     lines.append(_table(
         ["group", "entropy (bits)", "TTR", "bigram", "first-turn diversity", "intent overlap"],
         [[n]
-         + [f"{_fmt(_get(metrics, n, 'lexical', f'{m}_mean'), 'f3')} ± {_fmt(_get(metrics, n, 'lexical', f'{m}_std'), 'f3')}"
+         + [f"{_with_interval(_get(metrics, n, 'lexical'), f'{m}_mean')} ± {_fmt(_get(metrics, n, 'lexical', f'{m}_std'), 'f3')}"
             if _get(metrics, n, "lexical", f"{m}_mean") is not None else MISSING for m in LEXICAL_METRICS]
          + [_fmt(_get(metrics, n, "first_turn_diversity", "value"), "pct"),
-            _fmt(_get(metrics, n, "intent_decomposition", "value"), "pct")] for n in order],
+            _with_interval(_get(metrics, n, "intent_decomposition"), "value", "pct")] for n in order],
     ))
-    lines += ["", "Mean ± sample std across sessions; median in metrics.json. Paper (real users): 6.60 / 0.483 / 0.861.", ""]
+    lines += ["", "Mean [95% bootstrap interval over sessions] ± sample std across sessions; median in metrics.json.",
+              "Paper (real users): 6.60 / 0.483 / 0.861. First-turn diversity has no interval (a share of distinct",
+              "words: resampling repeats sessions and deflates it).", ""]
+    reference = _get(metrics, "real", "intent_decomposition", "reference")
+    if reference:
+        lines += [f"Intent overlap is measured against the {reference}: the current-session summary is built from the",
+                  "real user's own words of that session, so against it real users would overlap by construction.", ""]
     if "lexical" in figures:
         lines += [f"![lexical metrics]({figures['lexical']})", ""]
 
     lines += ["## Discriminator (paper table 2)", ""]
     header = ["discriminator"] + [f"{t.replace('_', ' ')} {m}" for t in DISCRIMINATOR_TURNS for m in ("acc", "F1", "MCC")]
+    structure = any(_get(metrics, n, "discriminator", "structure_baseline") for n in order)
+    header += ["n (messages)"] + (["structure-only acc"] if structure else [])
     lines.append(_table(
         header,
-        [[n] + [_fmt(_get(metrics, n, "discriminator", t, m), "pct1") for t in DISCRIMINATOR_TURNS for m in ("accuracy", "f1", "mcc")]
+        [[n] + [_discriminator_cell(metrics, n, t, m) for t in DISCRIMINATOR_TURNS for m in ("accuracy", "f1", "mcc")]
+         + [_fmt(_get(metrics, n, "discriminator", "overall", "n"), "int")]
+         + ([_with_interval(_get(metrics, n, "discriminator", "structure_baseline"), "accuracy", "pct1")] if structure else [])
          for n in order],
     ))
-    lines += ["", "In % (MCC × 100), on held-out sessions; a discriminator per simulator, trained identically.", ""]
+    limit = metrics.get("settings", {}).get("simulated_user_turns")
+    lines += ["", "In % (MCC × 100), on held-out sessions; a discriminator per simulator, trained identically. Accuracy",
+              "[95% Wilson interval over the held-out user messages]."
+              + (f" Simulated sessions have at most {limit} user turns: later turns are \"{NOT_SIMULATED}\"." if limit else ""),
+              ""]
+    if structure:
+        lines += ["Structure-only acc: a logistic regression on structural features only, on the same held-out sessions.", ""]
+    explained = structure_sentence(metrics)
+    if explained:
+        lines += [explained, ""]
     if "discriminator" in figures:
         lines += [f"![discriminator accuracy]({figures['discriminator']})", ""]
 
     lines += ["## Issues (paper figure 2, table 3)", ""]
     lines.append(_table(
-        ["group", "issue rate", "± SE", "flagged / chatbot messages", "KL(real‖sim)", "r (real vs sim, per chatbot)", "p"],
-        [[n, _fmt(_get(metrics, n, "issues", "rate"), "pct"), _fmt(_get(metrics, n, "issues", "se"), "pct"),
+        ["group", "issue rate [95% CI]", "± SE", "flagged / chatbot messages", "judged sessions", "KL(real‖sim) [95% CI]",
+         "raw KL (support; categories missed)", "r (real vs sim, per chatbot)", "p"],
+        [[n, _with_interval(_get(metrics, n, "issues"), "rate", "pct"), _fmt(_get(metrics, n, "issues", "se"), "pct"),
           f"{_fmt(_get(metrics, n, 'issues', 'k'), 'int')} / {_fmt(_get(metrics, n, 'issues', 'n'), 'int')}"
           if _get(metrics, n, "issues") else MISSING,
-          _fmt(_get(metrics, n, "issues", "kl_from_real"), "f3") if n != "real" else MISSING,
+          _fmt(_get(metrics, n, "issues", "n_sessions_judged"), "int"),
+          _with_interval(_get(metrics, n, "issues"), "kl_from_real") if n != "real" else MISSING,
+          _raw_kl(_get(metrics, n, "issues", "kl_unsmoothed")) if n != "real" else MISSING,
           _fmt(_get(metrics, n, "predictive_validity", "r"), "f3"), _fmt(_get(metrics, n, "predictive_validity", "p"), "p")]
          for n in order],
     ))
     why = sorted({_get(metrics, n, "predictive_validity", "why") for n in simulators} - {None})
     lines += [""] + [f"Predictive validity not applicable: {w}." for w in why] + [""]
     smoothing = metrics.get("settings", {}).get("kl_smoothing")
-    lines += [f"KL in nats over issue-category shares with additive smoothing α = {smoothing}.", ""]
+    lines += ["Issue rate interval: bootstrap over sessions (messages of one session are not independent). KL in nats",
+              f"over issue-category shares, each side smoothed with {smoothing} pseudo-count(s) in total spread over the",
+              f"{_fmt(metrics.get('judge', {}).get('n_issue_categories'), 'int')} categories (they weigh like {smoothing} flagged message(s), never more than",
+              "the data); raw KL over the real users' categories, infinite (—) when the simulator misses one of them.", ""]
     if "issue_rates" in figures:
         lines += [f"![issue rates]({figures['issue_rates']})", ""]
     if "issue_category_deltas" in figures:
@@ -546,6 +697,12 @@ def render_markdown(metrics: dict, figures: Mapping[str, str], category_simulato
     if judge.get("n_judged_sessions_outside_groups"):
         lines += [f"Judged sessions outside every group (not counted): {judge['n_judged_sessions_outside_groups']}.", ""]
     return "\n".join(line for line in _squeeze(lines)) + "\n"
+
+
+def _raw_kl(found: dict | None) -> str:
+    if not found:
+        return MISSING
+    return f"{_fmt(found.get('value'), 'f3')} ({found.get('support')}; {found.get('sim_missing')})"
 
 
 def _squeeze(lines: list[str]) -> list[str]:

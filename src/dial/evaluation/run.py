@@ -5,6 +5,17 @@ Which real sessions: those that ground at least one simulation (held-out test-sp
 real and simulated sessions share contexts. The judge sees real and simulated sessions mixed, each
 under an opaque id (`judge_inputs`): it cannot tell which simulator, if any, wrote a session.
 
+Like for like: real held-out sessions run far longer than simulated ones, so every session, real
+or simulated, is cut after the same number of user turns (`compared_user_turns`, `cut_sessions`)
+before the judge, the metrics or the t-SNE picture read it. Only the termination probe reads real
+sessions whole: it asks where they end. The held-out perplexity of the real user messages under
+each simulator (`dial.evaluation.perplexity`, sharing the probe's loaded model) scores each
+session's first `evaluate.perplexity.max_user_turns` user messages, by default the same cut.
+
+Inputs beside the sessions: the discriminator reports (`reports/discriminator/<simulator>.json`:
+accuracies, the structure-only baseline) and the simulate reports (`reports/simulate/<simulator>.json`:
+the share of messages cut at the token cap), both optional per simulator.
+
 Outputs: `data/evaluation/` (the judge's issues and user actions, the termination probes: Parquet,
 for audits and `dial query`) and under `reports/`: `metrics.json` (flat keys for
 `dvc metrics diff`), `report.md` with `figures/*.png`, `plots/*.csv` for `dvc plots`.
@@ -22,7 +33,8 @@ import pandas as pd
 from dial import io, paths
 from dial.errors import DialError
 from dial.evaluation import realism
-from dial.evaluation.evaluate import evaluate, termination_decoding
+from dial.evaluation.evaluate import cut_sessions, evaluate, termination_decoding
+from dial.evaluation.perplexity import held_out_perplexity
 from dial.evaluation.report import write_reports
 from dial.evaluation.judges import build_judge, judge_inputs
 from dial.evaluation.taxonomy import load_taxonomy
@@ -60,14 +72,19 @@ def grounding_real_sessions(simulated: dict, real_sessions: pd.DataFrame, real_m
     return sessions, messages
 
 
-def termination_probe(params: Params, simulator: str, real_sessions, real_messages, contexts, progress: bool) -> pd.DataFrame:
-    """Dialogue-termination predictions of one simulator on held-out real sessions (UserLM)."""
+def load_simulator(params: Params, simulator: str):
+    """The simulator as it simulates (`dial.generation.ChatGenerator`: base model, its adapter
+    merged, `simulate.precision`), loaded once for the termination probe and the perplexity."""
     from dial.generation import ChatGenerator
 
+    adapter = paths.simulator_adapter_dir(simulator)
+    return ChatGenerator.load(paths.BASE_MODEL_DIR, adapter, params.simulate.precision, params.simulate.batch_size)
+
+
+def termination_probe(params: Params, generator, simulator: str, real_sessions, real_messages, contexts, progress: bool) -> pd.DataFrame:
+    """Dialogue-termination predictions of one simulator on held-out real sessions (UserLM)."""
     probe = params.evaluate.termination
     chosen = realism.select_sessions(real_sessions["session_id"].astype(str).tolist(), probe.n_sessions, probe.seed)
-    adapter = paths.simulator_adapter_dir(simulator)
-    generator = ChatGenerator.load(paths.BASE_MODEL_DIR, adapter, params.simulate.precision, params.simulate.batch_size)
     return realism.termination_predictions(
         generator,
         contexts,
@@ -79,6 +96,31 @@ def termination_probe(params: Params, simulator: str, real_sessions, real_messag
         simulator_id=simulator,
         progress=progress,
         max_positions_per_session=probe.max_positions_per_session,
+    )
+
+
+def real_user_perplexity(
+    params: Params, generator, real_sessions, real_messages, contexts, user_turns: int, progress: bool
+) -> dict:
+    """The simulator's held-out perplexity of the real user messages (`dial.evaluation.perplexity`),
+    on each session's first `evaluate.perplexity.max_user_turns` user messages (0 = `user_turns`,
+    the cut of the other metrics)."""
+    scoring = params.evaluate.perplexity
+    return held_out_perplexity(
+        generator.model,
+        generator.tokenizer,
+        real_sessions,
+        real_messages,
+        contexts,
+        max_sessions=scoring.max_sessions,
+        max_user_turns=scoring.max_user_turns or user_turns,
+        max_tokens=scoring.max_tokens,
+        batch_size=scoring.batch_size,
+        seed=scoring.seed,
+        n_resamples=params.evaluate.bootstrap_samples,
+        bootstrap_seed=params.evaluate.seed,
+        message_separator=params.sft_samples.message_separator,
+        progress=progress,
     )
 
 
@@ -106,14 +148,40 @@ def tsne_picture(params: Params, real_messages: pd.DataFrame, simulated: dict) -
     return f"on: {len(texts)} sessions", embeddings.tsne_figure(layout, labels, list(groups))
 
 
+def compared_user_turns(params: Params) -> int:
+    """The user turns at which real and simulated sessions are cut: evaluate.max_user_turns, 0 =
+    simulate.max_turns (no simulated session is longer)."""
+    user_turns = params.evaluate.max_user_turns or params.simulate.max_turns
+    if user_turns > params.simulate.max_turns:
+        raise DialError(
+            f"evaluate.max_user_turns={user_turns} exceeds simulate.max_turns={params.simulate.max_turns}: real sessions "
+            "would be compared past the last simulated turn; set it to 0 (= simulate.max_turns) or less"
+        )
+    return user_turns
+
+
+def _read_report(report_file: Path) -> dict | None:
+    return json.loads(Path(report_file).read_text(encoding="utf-8")) if Path(report_file).exists() else None
+
+
 def run_evaluate(params: Params, simulator_ids: Sequence[str], data_dir: Path, reports_dir: Path, progress: bool = True) -> dict:
     """Judge, measure and report every simulator against the real held-out sessions."""
     simulated = load_simulated(simulator_ids)
     contexts = io.CONTEXTS.read(paths.CONTEXTS_FILE)
-    real_sessions, real_messages = grounding_real_sessions(
+    real_sessions, whole_real_messages = grounding_real_sessions(
         simulated,
         io.SESSIONS.read(paths.sessions_file(paths.SCRUBBED_DIR)),
         io.MESSAGES.read(paths.messages_file(paths.SCRUBBED_DIR)),
+    )
+    user_turns = compared_user_turns(params)
+    real_messages = cut_sessions(whole_real_messages, user_turns)
+    simulated = {
+        name: (sessions, cut_sessions(messages, user_turns), simulations)
+        for name, (sessions, messages, simulations) in simulated.items()
+    }
+    log.info(
+        "evaluate: every session cut after %d user turns (real messages: %d of %d kept)",
+        user_turns, len(real_messages), len(whole_real_messages),
     )
 
     taxonomy = load_taxonomy(params.judge.taxonomy)
@@ -125,16 +193,30 @@ def run_evaluate(params: Params, simulator_ids: Sequence[str], data_dir: Path, r
     io.ISSUES.write(issues, Path(data_dir) / ISSUES_FILE)
     io.USER_ACTIONS.write(user_actions, Path(data_dir) / USER_ACTIONS_FILE)
 
-    termination = {}
-    if params.evaluate.termination.enabled:
+    termination, perplexity = {}, {}
+    if params.evaluate.termination.enabled or params.evaluate.perplexity.enabled:
         for simulator in simulator_ids:
-            termination[simulator] = termination_probe(params, simulator, real_sessions, real_messages, contexts, progress)
+            generator = load_simulator(params, simulator)
+            if params.evaluate.termination.enabled:
+                # Where real users end their sessions: whole sessions, not the cut ones.
+                termination[simulator] = termination_probe(
+                    params, generator, simulator, real_sessions, whole_real_messages, contexts, progress
+                )
+            if params.evaluate.perplexity.enabled:
+                # Whole sessions too: the perplexity applies its own cap of user messages.
+                perplexity[simulator] = real_user_perplexity(
+                    params, generator, real_sessions, whole_real_messages, contexts, user_turns, progress
+                )
+            del generator  # one simulator in memory at a time
+    if termination:
         io.TERMINATION_PREDICTIONS.write(pd.concat(termination.values(), ignore_index=True), Path(data_dir) / TERMINATION_FILE)
 
-    discriminator_reports = {}
-    for simulator in simulator_ids:
-        report_file = paths.discriminator_report(simulator)
-        discriminator_reports[simulator] = json.loads(report_file.read_text(encoding="utf-8")) if report_file.exists() else None
+    discriminator_reports = {simulator: _read_report(paths.discriminator_report(simulator)) for simulator in simulator_ids}
+    simulate_reports = {simulator: _read_report(paths.simulate_report(simulator)) for simulator in simulator_ids}
+    # A simulated session (as its discriminator saw it) has at most this many user messages.
+    simulated_user_turns = params.simulate.max_turns
+    if params.discriminator.max_user_turns:
+        simulated_user_turns = min(simulated_user_turns, params.discriminator.max_user_turns)
 
     metrics = evaluate(
         real_sessions,
@@ -146,9 +228,13 @@ def run_evaluate(params: Params, simulator_ids: Sequence[str], data_dir: Path, r
         item_sessions=item_sessions,
         discriminator_reports=discriminator_reports,
         termination=termination or None,
+        perplexity=perplexity or None,
         params=params.evaluate,
         issue_categories=[category.name for category in taxonomy.categories],
         action_groups={action.name: action.group for action in taxonomy.actions},
+        simulate_reports=simulate_reports,
+        simulated_user_turns=simulated_user_turns,
+        user_turns=user_turns,
     )
     extra_figures = {}
     if params.evaluate.tsne.enabled:

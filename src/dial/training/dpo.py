@@ -21,8 +21,10 @@ Model and reference policy
 
 Data
     `preference_pairs`: one row per pair; `prompt` is the JSON chat (system context + flipped
-    history), `chosen`/`rejected` the simulated user's next message, trained as an `assistant`
-    turn exactly as in SFT (loss on the message and its end-of-turn tokens only). The pairs stage
+    history), `chosen`/`rejected` the simulated user's next turn as the simulator writes it (its
+    messages joined by the message separator, the end marker last when it ends the conversation;
+    `dial.prompting`), trained as is, as one `assistant` turn exactly as in SFT (loss on the turn
+    and its end-of-turn tokens only). The pairs stage
     already applied the paper's filter and the token cap; here only a seeded subset of
     `max_train_pairs` is drawn (CPU budget), the rest counted as skipped.
 
@@ -145,7 +147,8 @@ def select_train_pairs(pairs: pd.DataFrame, params: DpoParams) -> tuple[pd.DataF
 
 def preference_dataset(pairs: pd.DataFrame):
     """trl's conversational preference dataset: prompt = chat messages, chosen/rejected = the
-    simulated user's turn (the `assistant` role of the flipped dialogue)."""
+    simulated user's turn, text as is (separators and end marker included), as the `assistant`
+    role of the flipped dialogue."""
     from datasets import Dataset
 
     return Dataset.from_dict(

@@ -8,7 +8,8 @@ and trl builds labels that are -100 on every prompt token (`completion_only_loss
 
 CPU budget knobs (`sft.max_sample_tokens`, `sft.max_train_samples`): over-long samples are skipped
 and counted (never truncated: a cut prompt would teach the wrong context), then a seeded subset of
-the rest is drawn. Checkpoints go to a folder outside the DVC output, keyed by a hash of the
+the rest is drawn, stratified so that end and burst samples keep their share of all train samples
+(`select_train_samples`). Checkpoints go to a folder outside the DVC output, keyed by a hash of the
 params, the precision and the input files, so an interrupted `dvc repro` resumes where it stopped.
 """
 
@@ -51,25 +52,98 @@ log = logging.getLogger(__name__)
 MANIFEST = "dial_model.json"
 
 
+def sample_stratum(is_end: bool, n_target_messages: int) -> str:
+    """The stratum of an SFT sample for the selection: what its target teaches the simulator to
+    do. "message": one message; "burst": several messages in one turn; "end": end the
+    conversation (the marker alone, or one message then the marker); "burst_end": a burst, then
+    the marker."""
+    burst = n_target_messages > 1
+    if is_end:
+        return "burst_end" if burst else "end"
+    return "burst" if burst else "message"
+
+
+def _strata(samples: pd.DataFrame) -> pd.Series:
+    return pd.Series(
+        [sample_stratum(bool(e), int(n)) for e, n in zip(samples["is_end"], samples["n_target_messages"])],
+        index=samples.index,
+        dtype=object,
+    )
+
+
+def proportional_quotas(available: dict[str, int], n: int) -> dict[str, int]:
+    """n apportioned over the strata in proportion to their `available` counts by largest
+    remainders (Hamilton): each quota is its exact share rounded down or up, and they sum to n.
+    Remainder ties go to the stratum name first in order."""
+    total = sum(available.values())
+    quotas = {stratum: n * count // total for stratum, count in available.items()}
+    by_remainder = sorted(available, key=lambda stratum: (-(n * available[stratum] % total), stratum))
+    for stratum in by_remainder[: n - sum(quotas.values())]:
+        quotas[stratum] += 1
+    return quotas
+
+
+def _share(part: int, whole: int) -> float | None:
+    return round(part / whole, 6) if whole else None
+
+
 def select_train_samples(samples: pd.DataFrame, params: SftParams) -> tuple[pd.DataFrame, dict]:
     """The train-split samples SFT uses, and how they were chosen.
 
-    First the token cap (samples over `max_sample_tokens` are skipped and counted), then a seeded
-    subset of `max_train_samples` of the rest, so the number trained on (the time budget) is exact.
+    Stratified, so that what the simulator learns to do (end, burst: `sample_stratum`) keeps its
+    real frequency: end samples have the longest prompts (the whole session), and a token cap or a
+    plain subset would select almost none of them. In each stratum the samples over
+    `max_sample_tokens` are skipped (counted, never truncated); a seeded subset is then drawn from
+    each stratum with a
+    quota proportional to the stratum's share of *all* train samples (`proportional_quotas`). The
+    total is `max_train_samples` (0: all), lowered if needed to the largest total whose quotas
+    every stratum fills under the cap, so the shares hold at the cost of fewer samples. A stratum
+    with no sample under the cap cannot be represented: it is reported, logged and left out (the
+    other strata keep their shares relative to each other).
     """
     train = samples[samples["split"] == "train"].sort_values("sample_id")
     n_tokens = train["n_prompt_tokens"] + train["n_completion_tokens"]
     over_cap = (n_tokens > params.max_sample_tokens) if params.max_sample_tokens > 0 else n_tokens < 0
-    kept = train[~over_cap]
-    if 0 < params.max_train_samples < len(kept):
-        kept = kept.sample(n=params.max_train_samples, random_state=params.seed).sort_values("sample_id")
-    kept = kept.reset_index(drop=True)
+    stratum = _strata(train)
+    available = {name: int(n) for name, n in sorted(stratum.value_counts().items())}
+    under_cap = {name: int((~over_cap & (stratum == name)).sum()) for name in available}
+    represented = {name: n for name, n in available.items() if under_cap[name] > 0}
+    without_sample_under_cap = sorted(set(available) - set(represented))
+    if without_sample_under_cap:
+        log.warning("SFT: no sample under sft.max_sample_tokens in stratum/strata %s", without_sample_under_cap)
+    total = sum(represented.values())
+    requested = params.max_train_samples if params.max_train_samples > 0 else total
+    largest_fillable = min((under_cap[name] * total // n for name, n in represented.items()), default=0)
+    quotas = proportional_quotas(represented, min(requested, largest_fillable)) if represented else {}
+    parts = []
+    for name, quota in quotas.items():
+        pool = train[~over_cap & (stratum == name)]
+        parts.append(pool.sample(n=quota, random_state=params.seed) if quota < len(pool) else pool)
+    kept = pd.concat(parts) if parts else train.iloc[:0]
+    kept = kept.sort_values("sample_id").reset_index(drop=True)
+    selected = {name: int((_strata(kept) == name).sum()) for name in available}
     counts = {
         "train_samples_available": len(train),
         "train_samples_over_cap_skipped": int(over_cap.sum()),
         "train_samples_used": len(kept),
         "train_tokens_per_epoch": int((kept["n_prompt_tokens"] + kept["n_completion_tokens"]).sum()),
         "completion_tokens_per_epoch": int(kept["n_completion_tokens"].sum()),
+        "strata": {
+            name: {"available": available[name], "under_cap": under_cap[name], "selected": selected[name]}
+            for name in available
+        },
+        "strata_without_sample_under_cap": without_sample_under_cap,
+        # What the simulator learns to do, among all train samples and among those trained on.
+        "shares": {
+            kind: {
+                "available": _share(sum(available[name] for name in names), len(train)),
+                "selected": _share(sum(selected[name] for name in names), len(kept)),
+            }
+            for kind, names in (
+                ("end", [name for name in available if name in ("end", "burst_end")]),
+                ("burst", [name for name in available if name in ("burst", "burst_end")]),
+            )
+        },
     }
     return kept, counts
 

@@ -11,6 +11,12 @@ it could judge simulators differently. Callers therefore pass `opaque_id(session
 item id (a salted hash: session ids such as `sim-sft-...` name the simulator) and only the messages'
 turn index, role and text; `judge_inputs` does both and orders items by opaque id, which mixes
 simulators in the order a judge sees them.
+
+Cut messages: a simulated message that our token budget cut (metadata `truncated`, see
+`dial.simulate`) ends mid-sentence because of us, not the chatbot. `JudgeInput.truncated_turns`
+names them, and judges never report "Incomplete message" (the taxonomy category with the
+`incomplete_message` detector) on them. An LLM judge is not told (real messages are never cut, so
+the note would reveal a simulated session): its issues on those turns are dropped afterwards.
 """
 
 from __future__ import annotations
@@ -18,17 +24,18 @@ from __future__ import annotations
 import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import pandas as pd
 
 from dial.errors import DialError
-from dial.schemas import ROLES
+from dial.schemas import ROLES, is_truncated
 from dial.params import JudgeEndpointParams, JudgeParams  # noqa: F401 (defined with the other params)
 
 ISSUE_COLUMNS = ["item_id", "turn_index", "group", "category", "evidence", "judge"]
 ACTION_COLUMNS = ["item_id", "turn_index", "group", "action", "judge"]
 OPAQUE_ID_CHARS = 16  # hex digits of sha256: 64 bits, collisions are checked anyway
+INCOMPLETE_MESSAGE_DETECTOR = "incomplete_message"  # names the category that cut messages never get
 
 
 # --------------------------------------------------------------------------------------------
@@ -38,14 +45,17 @@ OPAQUE_ID_CHARS = 16  # hex digits of sha256: 64 bits, collisions are checked an
 @dataclass(frozen=True)
 class JudgeInput:
     """One session as a judge sees it: an opaque id and (turn_index, role, text) messages in order.
-    Roles are the data model's: `user` (the simulated or real user) and `assistant` (the chatbot)."""
+    Roles are the data model's: `user` (the simulated or real user) and `assistant` (the chatbot).
+    `truncated_turns`: turns our token budget cut (never "Incomplete message", see the module doc)."""
 
     item_id: str
     messages: tuple[tuple[int, str, str], ...]
+    truncated_turns: frozenset[int]
 
-    def __init__(self, item_id: str, messages: Sequence[tuple[int, str, str]]) -> None:
+    def __init__(self, item_id: str, messages: Sequence[tuple[int, str, str]], truncated_turns: Iterable[int] = ()) -> None:
         object.__setattr__(self, "item_id", item_id)
         object.__setattr__(self, "messages", tuple((int(t), str(r), str(x)) for t, r, x in messages))
+        object.__setattr__(self, "truncated_turns", frozenset(int(t) for t in truncated_turns))
         if not isinstance(item_id, str) or not item_id.strip():
             raise DialError(f"judge input: item_id must be a non-empty string (got {item_id!r})")
         previous = -1
@@ -55,6 +65,9 @@ class JudgeInput:
             if turn_index <= previous:
                 raise DialError(f"judge input {item_id!r}: turn indexes must increase (turn {turn_index} after {previous})")
             previous = turn_index
+        unknown = sorted(self.truncated_turns - {t for t, _, _ in self.messages})
+        if unknown:
+            raise DialError(f"judge input {item_id!r}: truncated turn(s) {unknown} are not messages of the session")
 
     def turns(self, role: str) -> set[int]:
         return {t for t, r, _ in self.messages if r == role}
@@ -67,7 +80,10 @@ def opaque_id(session_id: str, salt: str) -> str:
 
 def judge_inputs(messages: pd.DataFrame, salt: str) -> tuple[list[JudgeInput], dict[str, str]]:
     """Judge items from a `messages` table (session_id, turn_index, role, text, ...): one item per
-    session, ordered by opaque id, and the map item_id → session_id to join the judgements back."""
+    session, ordered by opaque id, and the map item_id → session_id to join the judgements back.
+    Each session is judged as given: the evaluate stage passes sessions already cut like for like
+    (`dial.evaluation.evaluate.cut_sessions`).
+    Messages whose `metadata` marks them `truncated` become the item's `truncated_turns`."""
     missing = [c for c in ("session_id", "turn_index", "role", "text") if c not in messages.columns]
     if missing:
         raise DialError(f"judge_inputs: messages lack column(s) {missing}")
@@ -79,7 +95,11 @@ def judge_inputs(messages: pd.DataFrame, salt: str) -> tuple[list[JudgeInput], d
         if item_id in id_map:
             raise DialError(f"judge_inputs: sessions {id_map[item_id]!r} and {session_id!r} hash to the same id; change judge.id_salt")
         id_map[item_id] = str(session_id)
-        items.append(JudgeInput(item_id, list(zip(group["turn_index"], group["role"], group["text"]))))
+        # No metadata (a bare table, or real rows concatenated with simulated ones): not cut.
+        metadata = group["metadata"] if "metadata" in group.columns else pd.Series(None, index=group.index, dtype=object)
+        cut = metadata.map(lambda m: isinstance(m, str) and is_truncated(m)).astype(bool)
+        messages_of_session = list(zip(group["turn_index"], group["role"], group["text"]))
+        items.append(JudgeInput(item_id, messages_of_session, truncated_turns=group.loc[cut, "turn_index"]))
     items.sort(key=lambda item: item.item_id)
     return items, id_map
 
@@ -113,6 +133,11 @@ def check_unique_ids(items: Sequence[JudgeInput]) -> None:
         if item.item_id in seen:
             raise DialError(f"judge input: duplicate item_id {item.item_id!r}")
         seen.add(item.item_id)
+
+
+def incomplete_message_categories(taxonomy) -> frozenset[str]:
+    """Names of the issue categories that say a chatbot message was left unfinished."""
+    return frozenset(label.name for label in taxonomy.categories if INCOMPLETE_MESSAGE_DETECTOR in label.detectors)
 
 
 def issue_frame(rows: list[dict]) -> pd.DataFrame:

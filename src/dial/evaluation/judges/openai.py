@@ -45,6 +45,7 @@ from dial.evaluation.judges.base import (
     JudgeInput,
     action_frame,
     check_unique_ids,
+    incomplete_message_categories,
     issue_frame,
 )
 from dial.evaluation.taxonomy import Taxonomy
@@ -274,8 +275,13 @@ class OpenAIJudge(Judge):
             first = next(item for item, _ in todo if item.item_id in errors)
             raise errors[first.item_id]
         issues, actions = [], []
+        incomplete = incomplete_message_categories(self.taxonomy)
         for item in items:
             item_issues, item_actions = results[item.item_id]
+            # Not told of cut messages (that would unblind it); its verdict on them is dropped.
+            item_issues = [
+                row for row in item_issues if not (row["category"] in incomplete and row["turn_index"] in item.truncated_turns)
+            ]
             issues += [{"item_id": item.item_id, **row, "judge": self.name} for row in item_issues]
             actions += [{"item_id": item.item_id, **row, "judge": self.name} for row in item_actions]
         return issue_frame(issues), action_frame(actions)

@@ -27,7 +27,14 @@ from typing import Callable, Sequence
 import pandas as pd
 from tqdm.auto import tqdm
 
-from dial.evaluation.judges.base import Judge, JudgeInput, action_frame, check_unique_ids, issue_frame
+from dial.evaluation.judges.base import (
+    INCOMPLETE_MESSAGE_DETECTOR,
+    Judge,
+    JudgeInput,
+    action_frame,
+    check_unique_ids,
+    issue_frame,
+)
 from dial.evaluation.taxonomy import Label, Taxonomy
 
 Message = tuple[int, str, str]  # (turn_index, role, text)
@@ -436,7 +443,10 @@ def incomplete_message(messages: Sequence[Message]) -> list[tuple[int, str]]:
     others, 80% of them punctuated: a style break typical of a max-token cut).
     Misses: cuts that happen to fall on a sentence end; cuts on a content word by a chatbot that
     does not punctuate consistently (human supporters in chat corpora rarely do, so this is
-    deliberately strict); a trailing "..." is read as style, not a cut."""
+    deliberately strict); a trailing "..." is read as style, not a cut.
+    Leaves out: messages our token budget cut (`JudgeInput.truncated_turns`: the judge passes only
+    the others), neither flagged nor counted in the punctuation style; the cut is ours, not the
+    chatbot's."""
     chatbot = [(turn, text.rstrip()) for turn, role, text in messages if role == "assistant"]
     ends_punctuated = [bool(_COMPLETE_END.search(text) or _EMOJI_END.search(text)) for _, text in chatbot]
     found = []
@@ -1017,8 +1027,12 @@ class RulesJudge(Judge):
         actions: list[dict] = []
         for item in tqdm(items, desc="judge rules", unit="session", disable=not progress):
             messages = item.messages
+            # Messages our token budget cut end mid-sentence because of us: the incomplete-message
+            # detector reads the session without them (see base.py).
+            uncut = tuple(message for message in messages if message[0] not in item.truncated_turns)
             for bound in self._issues:
-                for turn, evidence in ISSUE_DETECTORS[bound.detector](messages):
+                read = uncut if bound.detector == INCOMPLETE_MESSAGE_DETECTOR else messages
+                for turn, evidence in ISSUE_DETECTORS[bound.detector](read):
                     issues.append({"item_id": item.item_id, "turn_index": turn, "group": bound.label.group,
                                    "category": bound.label.name, "evidence": f"{bound.detector}: {evidence}", "judge": self.name})
             for i, (turn, role, text) in enumerate(messages):

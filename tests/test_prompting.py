@@ -1,0 +1,144 @@
+"""One rule (`parse_user_turn`) for every stage that reads a generated user turn: its messages and
+whether it ends the conversation; the round trip SFT target -> simulated messages."""
+
+import pandas as pd
+import pytest
+
+from dial.evaluation.realism import termination_predictions
+from dial.generation import Generated
+from dial.pairs import candidate_text
+from dial.params import DecodingParams, SftSamplesParams, SimulateParams
+from dial.prompting import UserTurn, join_user_turn, parse_user_turn, render_instruction, user_messages_in_turns
+from dial.sft_samples import build_sft_samples
+from dial.simulate import SessionState, Simulation
+
+END = "<|endconversation|>"
+
+# Generated turns as a model writes them: plain, marker alone, marker after words, marker in the
+# middle, marker with blanks, blank.
+GENERATED = ["i feel low", END, f"ok bye {END}", f"thanks {END} see you", f"  {END}  ", "   "]
+
+
+@pytest.mark.parametrize(
+    ("generated", "expected"),
+    [
+        ("  i feel low ", UserTurn(("i feel low",), ends=False)),
+        (END, UserTurn((), ends=True)),
+        (f"ok bye {END}", UserTurn(("ok bye",), ends=True)),
+        (f"thanks {END} see you", UserTurn(("thanks",), ends=True)),
+        ("   ", UserTurn((), ends=False)),
+    ],
+)
+def test_marker_anywhere_ends_and_the_words_before_it_stay(generated, expected):
+    assert parse_user_turn(generated, END) == expected
+
+
+class ScriptedGenerator:
+    """Answers each prompt with the text scripted for its context (the system message)."""
+
+    def __init__(self, text_of_context):
+        self.text_of_context = text_of_context
+        self.max_positions = 0
+
+    def tokenizer(self, text, add_special_tokens=False):
+        return {"input_ids": list(range(len(text.split())))}
+
+    def generate(self, conversations, decoding, seeds, cache_keys=None, progress=False):
+        return [Generated(text=self.text_of_context[c[0]["content"]], n_tokens=3, hit_max_tokens=False) for c in conversations]
+
+    def forget(self, keys=None):
+        pass
+
+
+class SilentChatbot:
+    name = "bot"
+
+    def reply(self, requests):
+        from dial.chatbots import ChatReply
+
+        return [ChatReply(text="go on") for _ in requests]
+
+    def forget(self, session_ids):
+        pass
+
+
+def test_simulation_pairs_and_termination_probe_agree_on_the_same_generated_turns():
+    text_of_context = {f"ctx {i}": text for i, text in enumerate(GENERATED)}
+    generator = ScriptedGenerator(text_of_context)
+
+    states = [
+        SessionState(session_id=f"s{i}", real_session_id=f"r{i}", real_user_id="u", chatbot_id="bot", simulation_index=0,
+                     seed=i, context_text=f"ctx {i}", current_summary="", topic=None)
+        for i in range(len(GENERATED))
+    ]
+    Simulation(generator, [SilentChatbot()], SimulateParams(max_turns=1), END).run(states, progress=False)
+    simulation_ends = [state.stop_reason == "user_ended" for state in states]
+    simulation_messages = [tuple(text for role, text in state.history if role == "user") for state in states]
+
+    # Pairs keep an alternative whole (one action); read back, it is what the simulation stored.
+    pairs_turns = [parse_user_turn(candidate_text(text, END)[0], END) for text in GENERATED]
+    pairs_ends = [turn.ends for turn in pairs_turns]
+
+    ids = [f"r{i}" for i in range(len(GENERATED))]
+    messages = pd.DataFrame(
+        [(sid, t, role, text) for sid in ids for t, (role, text) in enumerate([("user", "hi"), ("assistant", "hello")])],
+        columns=["session_id", "turn_index", "role", "text"],
+    )
+    contexts = pd.DataFrame({"session_id": ids, "context_text": list(text_of_context)})
+    probe = termination_predictions(generator, contexts, pd.DataFrame({"session_id": ids}), messages, END,
+                                    DecodingParams(max_new_tokens=8), seed=0, progress=False)
+    probe_ends = list(probe.sort_values("session_id")["predicted_end"])
+
+    expected = [parse_user_turn(text, END) for text in GENERATED]
+    assert simulation_ends == pairs_ends == probe_ends == [turn.ends for turn in expected]
+    assert simulation_messages == [turn.messages for turn in pairs_turns] == [turn.messages for turn in expected]
+    assert simulation_ends == [False, True, True, True, True, False]  # the rule, spelled out
+
+
+SEP = "<|msg|>"
+
+
+@pytest.mark.parametrize("messages", [("hey",), ("hey", "you there?"), ("a", "b", "c")])
+@pytest.mark.parametrize("ends", [False, True])
+def test_a_joined_turn_parses_back_to_its_messages(messages, ends):
+    assert parse_user_turn(join_user_turn(messages, ends, END, SEP), END, SEP) == UserTurn(messages, ends)
+
+
+def test_blank_pieces_between_separators_are_dropped():
+    assert parse_user_turn(f" hey {SEP}{SEP}  {SEP} you there? {SEP}", END, SEP) == UserTurn(("hey", "you there?"), False)
+
+
+def test_sft_targets_round_trip_through_the_simulation(tiny_tokenizer):
+    """What SFT teaches as a turn (the target) is stored by the simulation as the real messages."""
+    history = [("user", "hey"), ("user", "you there?"), ("assistant", "yes hi"), ("user", "ok"),
+               ("assistant", "anything else?"), ("user", "no"), ("user", "bye")]
+    messages = pd.DataFrame([("s", t, role, text) for t, (role, text) in enumerate(history)],
+                            columns=["session_id", "turn_index", "role", "text"])
+    samples, _ = build_sft_samples(
+        pd.DataFrame({"session_id": ["s"], "user_id": ["u"]}), messages,
+        pd.DataFrame({"session_id": ["s"], "context_text": ["CTX"]}), pd.DataFrame({"user_id": ["u"], "split": ["train"]}),
+        SftSamplesParams(), tiny_tokenizer, progress=False,
+    )
+    assert len(samples) == 3
+    for sample in samples.itertuples():
+        generator = ScriptedGenerator({"CTX": sample.completion})
+        (state,) = [SessionState(session_id="x", real_session_id="s", real_user_id="u", chatbot_id="bot",
+                                 simulation_index=0, seed=0, context_text="CTX", current_summary="", topic=None)]
+        Simulation(generator, [SilentChatbot()], SimulateParams(max_turns=1), END, message_separator=SEP).run([state], progress=False)
+        real = tuple(text for _, text in history[sample.target_turn_index : sample.target_turn_index + sample.n_target_messages])
+        assert tuple(text for role, text in state.history if role == "user") == real
+        assert (state.stop_reason == "user_ended") == sample.is_end
+
+
+@pytest.mark.parametrize("n_turns, expected", [(0, 0), (1, 2), (2, 3), (3, 5), (9, 5)])
+def test_a_burst_of_user_messages_counts_as_one_turn(n_turns, expected):
+    roles = ["assistant", "user", "user", "assistant", "user", "assistant", "assistant", "user", "user"]
+    assert user_messages_in_turns(roles, n_turns) == expected
+
+
+def test_the_default_instruction_names_the_strings_the_simulation_parses():
+    from dial.params import DEFAULT_INSTRUCTION
+
+    rendered = render_instruction(DEFAULT_INSTRUCTION, END, SEP)
+    assert END in rendered and SEP in rendered and "{" not in rendered
+    assert render_instruction("keep {braces} {end_marker}", END, SEP) == f"keep {{braces}} {END}"
