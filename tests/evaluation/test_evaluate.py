@@ -15,15 +15,10 @@ from dial.evaluation.evaluate import cut_sessions, evaluate
 from dial.generation import Generated
 from dial.params import SimulateParams
 from dial.simulate import SessionState, Simulation, to_frames
+from eval_helpers import messages_frame
 
 
-def messages(rows):
-    """rows: (session_id, role, text) in turn order per session."""
-    frame = pd.DataFrame(rows, columns=["session_id", "role", "text"])
-    frame["turn_index"] = frame.groupby("session_id").cumcount()
-    frame["timestamp"] = None
-    frame["metadata"] = "{}"
-    return frame
+messages = messages_frame
 
 
 def alternating(session_id: str, n_user_turns: int, chatbot_ends: bool = True):

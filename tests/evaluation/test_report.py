@@ -18,6 +18,7 @@ from dial.evaluation import report
 from dial.evaluation.evaluate import AbPair, EvaluateParams, evaluate, termination_decoding
 from dial.evaluation.report import write_reports
 from dial.params import DecodingParams
+from eval_helpers import messages_frame
 
 WORDS = "i feel sad today my job is hard and the boss never listens so tired of it all maybe tomorrow better".split()
 CHATBOTS = ("supportive", "terse", "replay")
@@ -41,12 +42,7 @@ def _messages(rng, session_id, n_user, end_with_chatbot=True):
     return rows
 
 
-def _frame(rows):
-    frame = pd.DataFrame(rows, columns=["session_id", "role", "text"])
-    frame["turn_index"] = frame.groupby("session_id").cumcount()
-    frame["timestamp"] = None
-    frame["metadata"] = "{}"
-    return frame
+_frame = messages_frame
 
 
 def synthetic(seed: int = 0, simulators=("zero-shot", "sft", "it1")):
