@@ -160,7 +160,7 @@ def test_forced_rerun_gives_byte_identical_outputs(workspace):
     before = (root / "dvc.lock").read_text()
     run(["dvc", "repro", "-f", "-s", *DATA_STAGES, "sft", "simulate@sft", "discriminator@sft", "pairs@it1", "dpo@it1"], root)
     after = (root / "dvc.lock").read_text()
-    # Name the first stage whose outputs changed: everything after it changes with it.
+    # The changed outputs show where a divergence starts (everything downstream changes with it).
     assert after == before, f"a forced re-run changed these outputs: {changed_outputs(before, after)}"
 
 
