@@ -8,7 +8,14 @@ from dial.evaluation.realism import termination_predictions
 from dial.generation import Generated
 from dial.pairs import candidate_text
 from dial.params import DecodingParams, SftSamplesParams, SimulateParams
-from dial.prompting import UserTurn, join_user_turn, parse_user_turn, render_instruction, user_messages_in_turns
+from dial.prompting import (
+    UserTurn,
+    join_user_turn,
+    parse_user_turn,
+    render_instruction,
+    simulator_messages,
+    user_messages_in_turns,
+)
 from dial.sft_samples import build_sft_samples
 from dial.simulate import SessionState, Simulation
 
@@ -142,3 +149,23 @@ def test_the_default_instruction_names_the_strings_the_simulation_parses():
     rendered = render_instruction(DEFAULT_INSTRUCTION, END, SEP)
     assert END in rendered and SEP in rendered and "{" not in rendered
     assert render_instruction("keep {braces} {end_marker}", END, SEP) == f"keep {{braces}} {END}"
+
+
+def test_the_history_renders_a_user_burst_as_the_one_turn_the_simulator_wrote():
+    sep = SftSamplesParams().message_separator
+    history = [("assistant", "welcome"), ("assistant", "how can I help?"), ("user", "hi"), ("user", "you there?"),
+               ("assistant", "yes"), ("user", "ok")]
+    rendered = simulator_messages("CTX", history, sep)
+    # The chatbot's burst stays two messages (the simulator never writes them); the user's is one.
+    assert rendered == [
+        {"role": "system", "content": "CTX"},
+        {"role": "user", "content": "welcome"},
+        {"role": "user", "content": "how can I help?"},
+        {"role": "assistant", "content": f"hi{sep}you there?"},
+        {"role": "user", "content": "yes"},
+        {"role": "assistant", "content": "ok"},
+    ]
+    # Each assistant message is the turn as written: it parses back to the user's messages.
+    turns = [parse_user_turn(m["content"], END, sep).messages for m in rendered if m["role"] == "assistant"]
+    assert turns == [("hi", "you there?"), ("ok",)]
+    assert rendered[3]["content"] == join_user_turn(["hi", "you there?"], False, END, sep)

@@ -38,14 +38,15 @@ def test_one_sample_per_user_turn_and_one_end_per_session(tiny_tokenizer):
     assert list(s1["sample_id"]) == ["s1:0000", "s1:end"]
     assert report["samples"] == 3 and report["end_samples"] == 2 and report["burst_samples"] == 1
     assert set(samples.loc[samples["session_id"] == "s2", "split"]) == {"valid"}
-    # The flip: real user -> assistant, chatbot -> user, context as system; prompt messages stay separate.
+    # The flip: real user -> assistant, chatbot -> user, context as system; the burst in the
+    # history is one assistant message, exactly as the first sample's target wrote it.
     prompt = json.loads(s1.iloc[1]["prompt"])
     assert prompt == [
         {"role": "system", "content": "CONTEXT ONE"},
-        {"role": "assistant", "content": "hey"},
-        {"role": "assistant", "content": "you there?"},
+        {"role": "assistant", "content": f"hey{SEP}you there?"},
         {"role": "user", "content": "yes hi"},
     ]
+    assert prompt[1]["content"] == s1.iloc[0]["completion"]
 
 
 def test_a_session_ending_with_the_chatbot_gets_the_end_marker_alone():

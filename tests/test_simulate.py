@@ -349,8 +349,8 @@ def test_a_turn_is_a_burst_of_user_messages_answered_once_and_max_turns_counts_t
     bot = CountingChatbot("bot")
     (state,) = states(1)
     Simulation(simulator, [bot], SimulateParams(max_turns=2)).run([state], progress=False)
-    # Flipped, each earlier user message is one assistant message of the prompt: 2 after one turn.
+    # Flipped, each earlier user turn (a burst) is one assistant message of the prompt: 1 after one turn.
     assert state.history == [("user", "hey"), ("user", "you there? 0"), ("assistant", "reply 0"),
-                             ("user", "hey"), ("user", "you there? 2"), ("assistant", "reply 1")]
+                             ("user", "hey"), ("user", "you there? 1"), ("assistant", "reply 1")]
     assert state.stop_reason == "max_turns" and bot.calls == [1, 1]
     assert [m["user_turn"] for m in state.message_metadata if "user_turn" in m] == [0, 0, 1, 1]

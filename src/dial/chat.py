@@ -34,7 +34,7 @@ def chat_loop(
     history: list[tuple[str, str]] = []
     for turn in range(max_turns):
         (generated,) = simulator.generate(
-            [simulator_messages(context_text, history)], decoding, [stable_seed(seed, "user", turn)], cache_keys=["chat"]
+            [simulator_messages(context_text, history, message_separator)], decoding, [stable_seed(seed, "user", turn)], cache_keys=["chat"]
         )
         user_turn = parse_user_turn(generated.text, end_marker, message_separator)
         for text in user_turn.messages:

@@ -170,17 +170,22 @@ class CriticalPoint:
     reward: float  # the critical message's reward
     context_text: str
     history: tuple[tuple[str, str], ...]  # (role, text) of the session's messages before turn_index
+    message_separator: str = DEFAULT_MESSAGE_SEPARATOR  # joins a burst in the rendered history
 
     @property
     def pair_id(self) -> str:
         return f"{self.session_id}:{self.turn_index}"
 
     def prompt(self) -> list[dict[str, str]]:
-        return simulator_messages(self.context_text, self.history)
+        return simulator_messages(self.context_text, self.history, self.message_separator)
 
 
 def build_points(
-    critical: pd.DataFrame, sessions: pd.DataFrame, messages: pd.DataFrame, contexts: pd.DataFrame
+    critical: pd.DataFrame,
+    sessions: pd.DataFrame,
+    messages: pd.DataFrame,
+    contexts: pd.DataFrame,
+    message_separator: str = DEFAULT_MESSAGE_SEPARATOR,
 ) -> list[CriticalPoint]:
     """`critical` (rows of `critical_points`) as CriticalPoints with their context and history,
     ordered by (session_id, turn_index): each point is the whole user turn of its critical message
@@ -213,6 +218,7 @@ def build_points(
                 reward=float(row.reward),
                 context_text=context_of[grounding[row.session_id]],  # scored ⇒ the context exists
                 history=tuple(turns[:start]),
+                message_separator=message_separator,
             )
         )
     return points
@@ -675,7 +681,7 @@ def make_pairs(
         # n_alternatives generations and discriminator passes per critical point.
         ranked = sorted(critical["session_id"].unique(), key=lambda session_id: stable_seed(params.seed, "pairs-sessions", session_id))
         critical = critical[critical["session_id"].isin(set(ranked[: params.max_sessions]))]
-    points = build_points(critical, sessions, messages, contexts)
+    points = build_points(critical, sessions, messages, contexts, message_separator)
     seconds = time.perf_counter() - started
     log.info("pairs: %d sessions scored, %d critical points (%.1f s)", len(sessions), len(points), seconds)
 

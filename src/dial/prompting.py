@@ -8,7 +8,8 @@ rendered as chat messages from the simulator's point of view:
     assistant  what the real user said          (role "user" in our data)
     user       what the chatbot answered        (role "assistant" in our data)
 
-Consecutive messages of the same role stay separate in the prompt (real users send bursts).
+A user turn in the history is one assistant message, its messages joined by the separator (as
+below); the chatbot's consecutive messages stay separate.
 
 A user *turn* is what the user writes before the chatbot answers: one or more messages (a burst),
 generated as ONE assistant turn, its messages joined by the message separator
@@ -61,10 +62,20 @@ def user_messages_in_turns(roles: Sequence[str], n_turns: int) -> int:
     return n_messages
 
 
-def simulator_messages(context_text: str, history: Sequence[tuple[str, str]]) -> list[dict[str, str]]:
-    """Chat messages for the simulator: the context as system, then the flipped session history."""
+def simulator_messages(
+    context_text: str, history: Sequence[tuple[str, str]], message_separator: str = DEFAULT_MESSAGE_SEPARATOR
+) -> list[dict[str, str]]:
+    """Chat messages for the simulator: the context as system, then the flipped session history,
+    each user turn (a run of consecutive user messages) as ONE assistant message, its messages
+    joined by the separator: the exact form the simulator generates a turn in, so that what it
+    reads in its history and what it learns to write (SFT targets, whole-session SFT, DPO) are one
+    format. The chatbot's consecutive messages stay separate (the simulator never writes them)."""
     messages = [{"role": "system", "content": context_text}]
-    messages.extend({"role": FLIPPED_ROLE[role], "content": text} for role, text in history)
+    for role, text in history:
+        if role == "user" and messages[-1]["role"] == FLIPPED_ROLE["user"]:
+            messages[-1] = {"role": FLIPPED_ROLE["user"], "content": messages[-1]["content"] + message_separator + text}
+        else:
+            messages.append({"role": FLIPPED_ROLE[role], "content": text})
     return messages
 
 

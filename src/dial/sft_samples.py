@@ -6,7 +6,10 @@ separator (`dial.prompting.join_user_turn`), so the simulator learns to send bur
 do. Each session has one end-of-conversation sample (`is_end`): after its last chatbot message,
 context + the whole session → the end marker; when the session ends with a user turn instead, that
 turn's sample carries the end marker as its last piece (the user wrote it, then left). Loss is on
-the completion only (trl's prompt-completion format does that by default).
+the completion only (trl's prompt-completion format does that by default). In the prompt, every
+earlier user turn is one assistant message in that same joined form (`simulator_messages`), so a
+session's end sample (its prompt plus completion) is the whole session as the simulator writes it:
+SFT with `sft.unit: session` trains on it as one sequence.
 
 A real message that contains the separator would split into two messages when read back: its
 sample is skipped and counted (`samples_with_separator_in_a_message_skipped`), never corrupted.
@@ -151,19 +154,19 @@ def build_sft_samples(
             targets.append((target, completion, is_end, n_messages))
         if not targets:
             continue
-        fast = _additive_counts(renderer, context, history, targets, params.max_tokens)
+        fast = _additive_counts(renderer, context, history, targets, params.max_tokens, params.message_separator)
         if fast is not None:
             dropped, counts = fast
         else:  # a template whose messages do not render independently: exact, slower path
             block_tokens = _message_block_tokens(renderer, context, history + [("user", params.end_marker)])
             dropped = [_estimate_drop(block_tokens, target, params.max_tokens) for target, *_ in targets]
-            counts = _exact_counts(renderer, context, history, targets, dropped, params.max_tokens)
+            counts = _exact_counts(renderer, context, history, targets, dropped, params.max_tokens, params.message_separator)
         for i, (target, completion, is_end, n_messages) in enumerate(targets):
             n_prompt, n_completion = counts[i]
             if n_prompt + n_completion > params.max_tokens:
                 over_budget += 1  # even with no history the context + message do not fit
                 continue
-            prompt = simulator_messages(context, history[dropped[i] : target])
+            prompt = simulator_messages(context, history[dropped[i] : target], params.message_separator)
             rows.append(
                 _sample_row(session, split, target, is_end, n_messages, prompt, completion, n_prompt, n_completion, dropped[i])
             )
@@ -173,19 +176,27 @@ def build_sft_samples(
     return samples, report
 
 
-def _additive_counts(renderer: ChatRenderer, context: str, history: list[tuple[str, str]], targets, max_tokens):
+def _additive_counts(
+    renderer: ChatRenderer, context: str, history: list[tuple[str, str]], targets, max_tokens: int, separator: str
+):
     """Exact (dropped, (prompt, completion) counts) for all samples of a session in O(messages).
 
     Chat templates such as ChatML render each message as its own block starting with a special
     token, so the tokenizer splits the text there and token counts add up across blocks: a prompt
     is head + blocks[dropped:target] + generation prompt, a completion what follows the generation
-    prompt in its own assistant block. Each message is rendered and tokenised once instead of once
-    per sample (quadratic in a long session). Returns None when the template does not render that
-    way; the result is checked exactly on the session's longest sample.
+    prompt in its own assistant block. A block is one rendered message of `simulator_messages`: a
+    whole user turn (its messages joined) or one chatbot message; history is dropped a block at a
+    time, so `dropped` (in messages) is always a block's first message. Each block is rendered and
+    tokenised once instead of once per sample (quadratic in a long session). Returns None when the
+    template does not render that way; the result is checked exactly on the session's longest
+    sample.
     """
     tokenizer = renderer.tokenizer
     empty = [{"role": "system", "content": ""}]
-    flipped = simulator_messages("", history)[1:]
+    flipped = simulator_messages("", history, separator)[1:]
+    block_starts = [i for i in range(len(history)) if i == 0 or history[i][0] != "user" or history[i - 1][0] != "user"]
+    block_of_start = {start: block for block, start in enumerate(block_starts)}
+    block_of_start[len(history)] = len(block_starts)
     completion_messages = [{"role": "assistant", "content": completion} for _, completion, *_ in targets]
     rendered = tokenizer.apply_chat_template(
         [[{"role": "system", "content": context}], empty] + [empty + [message] for message in flipped + completion_messages],
@@ -196,8 +207,8 @@ def _additive_counts(renderer: ChatRenderer, context: str, history: list[tuple[s
     if not generation.startswith(empty_head) or not all(single.startswith(empty_head) for single in singles):
         return None
     generation = generation[len(empty_head) :]
-    blocks = [single[len(empty_head) :] for single in singles[: len(history)]]
-    completion_blocks = [single[len(empty_head) :] for single in singles[len(history) :]]
+    blocks = [single[len(empty_head) :] for single in singles[: len(flipped)]]
+    completion_blocks = [single[len(empty_head) :] for single in singles[len(flipped) :]]
     if not all(block.startswith(generation) for block in completion_blocks):
         return None
     completions = [block[len(generation) :] for block in completion_blocks]
@@ -211,19 +222,21 @@ def _additive_counts(renderer: ChatRenderer, context: str, history: list[tuple[s
 
     dropped, sample_counts = [], []
     for (target, *_), n_completion in zip(targets, n_completions):
+        last = block_of_start[target]  # a target is a user turn's first message (or the end)
         drop = 0
-        # Fewest oldest messages dropped so the sample fits (all of them if it never fits).
-        while drop < target and n_head + before[target] - before[drop] + n_generation + n_completion > max_tokens:
+        # Fewest oldest blocks dropped so the sample fits (all of them if it never fits).
+        while drop < last and n_head + before[last] - before[drop] + n_generation + n_completion > max_tokens:
             drop += 1
-        dropped.append(drop)
-        sample_counts.append((n_head + before[target] - before[drop] + n_generation, n_completion))
+        dropped.append(block_starts[drop] if drop < last else target)
+        sample_counts.append((n_head + before[last] - before[drop] + n_generation, n_completion))
 
     # Check the assumption exactly on the sample with the longest kept history.
     longest = max(range(len(targets)), key=lambda i: targets[i][0] - dropped[i])
     target, completion, *_ = targets[longest]
-    prompt = simulator_messages(context, history[dropped[longest] : target])
+    prompt = simulator_messages(context, history[dropped[longest] : target], separator)
     (prompt_text,) = renderer.prompt_texts([prompt])
-    if prompt_text != head + "".join(blocks[dropped[longest] : target]) + generation:
+    first, last = block_of_start[dropped[longest]], block_of_start[target]
+    if prompt_text != head + "".join(blocks[first:last]) + generation:
         return None
     if renderer.count_samples([prompt], [completion])[0] != sample_counts[longest]:
         return None
@@ -239,7 +252,7 @@ def _message_block_tokens(renderer: ChatRenderer, context: str, history: list[tu
     return [n + overhead for n in renderer.count(texts)]
 
 
-def _exact_counts(renderer, context, history, targets, dropped, max_tokens) -> list[tuple[int, int]]:
+def _exact_counts(renderer, context, history, targets, dropped, max_tokens, separator) -> list[tuple[int, int]]:
     """Exact (prompt, completion) token counts. Each estimated `dropped` is corrected in place to
     the fewest oldest messages whose removal makes the sample fit, by a binary search batched
     across samples (token counts only shrink as more messages are dropped)."""
@@ -247,7 +260,7 @@ def _exact_counts(renderer, context, history, targets, dropped, max_tokens) -> l
 
     def fits(queries: list[tuple[int, int]]) -> list[bool]:
         missing = [(i, d) for i, d in queries if (i, d) not in cache]
-        prompts = [simulator_messages(context, history[d : targets[i][0]]) for i, d in missing]
+        prompts = [simulator_messages(context, history[d : targets[i][0]], separator) for i, d in missing]
         cache.update(zip(missing, renderer.count_samples(prompts, [targets[i][1] for i, _ in missing])))
         return [sum(cache[query]) <= max_tokens for query in queries]
 

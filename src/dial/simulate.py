@@ -254,7 +254,7 @@ class Simulation:
         # index -> text, tokens (all attempts), attempt, failures, hit max_new_tokens
         results: dict[int, tuple[str, int, int, list[str], bool]] = {}
         for attempt in range(max_retries + 1):
-            conversations = [simulator_messages(active[i].context_text, active[i].history) for i in pending]
+            conversations = [simulator_messages(active[i].context_text, active[i].history, self.message_separator) for i in pending]
             seeds = [stable_seed(active[i].seed, "user", turn, attempt) for i in pending]
             generated = self.simulator.generate(
                 conversations, self.params.decoding, seeds, cache_keys=[self._cache_key(active[i]) for i in pending]

@@ -172,9 +172,9 @@ def test_a_sessions_messages_share_one_sequence(model_and_tokenizer):
     _, tokenizer = model_and_tokenizer
     samples, _ = perplexity.user_message_samples(tokenizer, *real_sessions(), max_user_turns=0, max_tokens=4096)
     sequences = perplexity._sequences(samples)
-    # s1's second turn does not extend its first (the burst is one completion, two messages in the
-    # next prompt): a new sequence.
-    assert len(sequences) == 4 and sum(len(sequence.spans) for sequence in sequences) == len(samples)
+    # One sequence per session: the burst is one completion and one assistant message in the next
+    # prompt (the simulator's history format), so s1's second turn extends its first.
+    assert len(sequences) == 3 and sum(len(sequence.spans) for sequence in sequences) == len(samples)
 
 
 def test_no_scored_message_gives_no_value():

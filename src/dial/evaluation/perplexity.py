@@ -91,11 +91,17 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 def _sample_ids(
-    tokenizer, context: str, history: list[tuple[str, str]], target: int, turn_text: str, drop: int
+    tokenizer,
+    context: str,
+    history: list[tuple[str, str]],
+    target: int,
+    turn_text: str,
+    drop: int,
+    message_separator: str = DEFAULT_MESSAGE_SEPARATOR,
 ) -> tuple[list[int], int]:
     """(prompt + turn ids, prompt length) of the user turn `turn_text` that starts at
     `history[target]`, the `drop` oldest history messages left out."""
-    prompt = simulator_messages(context, history[drop:target])
+    prompt = simulator_messages(context, history[drop:target], message_separator)
     completion = {"role": "assistant", "content": turn_text}
     (prompt_ids,) = _encode(tokenizer, [prompt], add_generation_prompt=True)
     (full_ids,) = _encode(tokenizer, [prompt + [completion]], add_generation_prompt=False)
@@ -138,11 +144,11 @@ def user_message_samples(
             targets = targets[:max_user_turns]
         for target, turn_text in targets:
             drop = 0
-            token_ids, n_prompt = _sample_ids(tokenizer, context, history, target, turn_text, drop)
+            token_ids, n_prompt = _sample_ids(tokenizer, context, history, target, turn_text, drop, message_separator)
             # The fewest oldest messages dropped so the sample fits (sft_samples' rule).
             while len(token_ids) > max_tokens and drop < target:
                 drop += 1
-                token_ids, n_prompt = _sample_ids(tokenizer, context, history, target, turn_text, drop)
+                token_ids, n_prompt = _sample_ids(tokenizer, context, history, target, turn_text, drop, message_separator)
             if len(token_ids) > max_tokens:
                 skipped += 1
                 continue

@@ -49,7 +49,7 @@ from tqdm.auto import tqdm
 from dial.contexts import TOPIC_LABELS
 from dial.errors import DialError
 from dial.evaluation.lexical import user_texts_by_session, words
-from dial.prompting import is_end_of_conversation, simulator_messages
+from dial.prompting import DEFAULT_MESSAGE_SEPARATOR, is_end_of_conversation, simulator_messages
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +221,7 @@ def termination_predictions(
     simulator_id: str = "",
     progress: bool = True,
     max_positions_per_session: int = 0,
+    message_separator: str = DEFAULT_MESSAGE_SEPARATOR,
 ) -> pd.DataFrame:
     """Ask the simulator (`dial.generation.ChatGenerator`) at every termination position of the
     real `sessions` whether it ends the conversation (only the last `max_positions_per_session`
@@ -254,7 +255,8 @@ def termination_predictions(
     }
     conversations = [
         simulator_messages(
-            context_of[row.session_id], [(role, text) for turn, role, text in history_of[row.session_id] if turn <= row.turn_index]
+            context_of[row.session_id], [(role, text) for turn, role, text in history_of[row.session_id] if turn <= row.turn_index],
+            message_separator,
         )
         for row in positions.itertuples(index=False)
     ]
