@@ -49,6 +49,7 @@ import pandas as pd
 
 from dial.errors import DialError
 from dial.evaluation import intervals, lexical, realism, stats
+from dial.evaluation import structure as session_structure
 from dial.params import AbPair, DecodingParams, EvaluateParams, TerminationParams, TsneParams  # noqa: F401 (defined with the other params)
 from dial.prompting import user_messages_in_turns
 
@@ -312,6 +313,7 @@ def evaluate(
     simulated_user_turns: int | None = None,
     user_turns: int | None = None,
     perplexity: Mapping[str, dict] | None = None,
+    structure: Mapping[str, pd.DataFrame] | None = None,
 ) -> dict:
     """The full metrics structure (module docstring).
 
@@ -324,7 +326,8 @@ def evaluate(
     Sessions are measured as given: `user_turns` says at how many user turns the caller cut every
     session (`cut_sessions`, done before judging so that the judge sees the same messages) and is
     checked; None = not cut. `perplexity` (simulator → `perplexity.held_out_perplexity`'s result)
-    is carried as is into that simulator's group.
+    is carried as is into that simulator's group. `structure` (group → `structure.per_session`
+    frame, of the same cut sessions) gives each group its session shape with intervals.
     Returns {"order", "groups": {"real": {...}, <simulator>: {...}}, "judge", "settings"}.
     """
     params = params or EvaluateParams()
@@ -409,6 +412,8 @@ def evaluate(
     real_chatbot_counts = _chatbot_counts(groups[REAL])
     simulate_reports = simulate_reports or {}
     for name in order:
+        if structure and name in structure:
+            groups[name]["structure"] = session_structure.summarise(structure[name], params.bootstrap_samples, params.seed, name)
         groups[name]["discriminator"] = _discriminator(discriminator_reports.get(name))
         predictions = termination.get(name)
         groups[name]["termination"] = realism.termination_f1(predictions) if predictions is not None else None
@@ -438,6 +443,7 @@ def evaluate(
     tsne = "on" if params.tsne.enabled else "off"  # the picture itself: dial.evaluation.embeddings
     unknown = sorted(set(discriminator_reports) - set(order)) + sorted(set(termination) - set(order))
     unknown += sorted(set(perplexity) - set(simulated))  # a simulator's measure: none for the real group
+    unknown += sorted(set(structure or {}) - set(order))
     if unknown:
         raise DialError(f"evaluate: reports for unknown group(s) {unknown}; groups are {order}")
 

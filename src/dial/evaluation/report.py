@@ -535,6 +535,31 @@ def _truncation_lines(metrics: dict) -> list[str]:
             "Messages that hit simulate's max_new_tokens end mid-sentence, which a discriminator can see.", ""]
 
 
+def _structure_lines(metrics: dict) -> list[str]:
+    """Real vs each simulator: how sessions are shaped (dial.evaluation.structure), with intervals."""
+    order = metrics["order"]
+    if not any(_get(metrics, n, "structure") for n in order):
+        return []
+    rows = []
+    for n in order:
+        found = _get(metrics, n, "structure")
+        if not found:
+            continue
+        rows.append([n, _fmt(found.get("n_sessions"), "int"), _with_interval(found, "messages_per_user_turn", "f2"),
+                     _with_interval(found, "burst_turn_share", "pct1"), _with_interval(found, "words_per_user_message", "f1"),
+                     _with_interval(found, "user_turns_per_session", "f2"),
+                     f"{_fmt(found.get('user_ended'), 'int')} — {_with_interval(found, 'user_ended_share', 'pct1')}"])
+    turns = metrics.get("settings", {}).get("max_user_turns")
+    within = f"within {turns} user turns" if turns else "in the session"
+    return ["## Session structure: real vs simulated", "",
+            _table(["group", "sessions", "messages / user turn", "burst turns %", "words / user message",
+                    "user turns / session", f"user ended {within} (n — %)"], rows), "",
+            "A user turn is what the user writes before the chatbot answers (one message, or a burst of several). "
+            "Sessions cut as in the other tables; intervals: 95% bootstrap over sessions, Wilson for the ended share. "
+            "A real session counts as ended when its user left within the compared turns; a simulated one when "
+            "the simulator wrote the end marker. Whatever differs here, a discriminator can use without reading a word.", ""]
+
+
 def render_markdown(metrics: dict, figures: Mapping[str, str], category_simulator: str | None = None) -> str:
     order, simulators = metrics["order"], _simulators(metrics)
     sentence, verdict_header, verdict_rows = verdict(metrics)
@@ -550,6 +575,7 @@ def render_markdown(metrics: dict, figures: Mapping[str, str], category_simulato
     ]
     lines += _perplexity_lines(metrics)
     lines += _truncation_lines(metrics)
+    lines += _structure_lines(metrics)
     lines += ["## Did DIAL make the simulator more real?", ""]
     if not underpowered:
         lines += [sentence, ""]

@@ -33,7 +33,8 @@ import pandas as pd
 from dial import io, paths
 from dial.errors import DialError
 from dial.evaluation import realism
-from dial.evaluation.evaluate import cut_sessions, evaluate, termination_decoding
+from dial.evaluation import structure as session_structure
+from dial.evaluation.evaluate import REAL, cut_sessions, evaluate, termination_decoding
 from dial.evaluation.perplexity import held_out_perplexity
 from dial.evaluation.report import write_reports
 from dial.evaluation.judges import build_judge, judge_inputs
@@ -96,6 +97,7 @@ def termination_probe(params: Params, generator, simulator: str, real_sessions, 
         simulator_id=simulator,
         progress=progress,
         max_positions_per_session=probe.max_positions_per_session,
+        message_separator=params.sft_samples.message_separator,
     )
 
 
@@ -218,6 +220,11 @@ def run_evaluate(params: Params, simulator_ids: Sequence[str], data_dir: Path, r
     if params.discriminator.max_user_turns:
         simulated_user_turns = min(simulated_user_turns, params.discriminator.max_user_turns)
 
+    # Session shape, like for like: the cut sessions, and whether the user ended each one in them.
+    structure = {REAL: session_structure.per_session(real_messages, session_structure.real_ended(whole_real_messages, user_turns))}
+    for name, (_, messages, simulations) in simulated.items():
+        structure[name] = session_structure.per_session(messages, session_structure.simulated_ended(simulations))
+
     metrics = evaluate(
         real_sessions,
         real_messages,
@@ -235,6 +242,7 @@ def run_evaluate(params: Params, simulator_ids: Sequence[str], data_dir: Path, r
         simulate_reports=simulate_reports,
         simulated_user_turns=simulated_user_turns,
         user_turns=user_turns,
+        structure=structure,
     )
     extra_figures = {}
     if params.evaluate.tsne.enabled:
