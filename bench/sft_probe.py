@@ -12,6 +12,7 @@ simulation's own decoding (`simulate.decoding`, one seed per prompt, the same fo
 - `end recall`: of the real turns where the user ended the session, how many the simulator ended
   (the end marker, `dial.prompting.is_end_of_conversation`, the simulation's rule);
 - `false ends`: of the turns where the real user went on, how many the simulator ended;
+- `bursts`: generated turns of two or more messages (`parse_user_turn`), beside the real share;
 - `cut`: turns that reached `max_new_tokens` without an end of turn (`truncated` in simulation);
 - `words`: mean words per generated turn, beside the real turns' mean.
 
@@ -32,7 +33,7 @@ from dial import io, paths
 from dial.evaluation.stats import wilson_interval
 from dial.generation import ChatGenerator
 from dial.params import load_params
-from dial.prompting import is_end_of_conversation
+from dial.prompting import parse_user_turn
 from dial.training.common import resolve_precision
 from dial.training.sft import run_sft
 
@@ -62,6 +63,8 @@ def main() -> None:
     parser.add_argument("--n-other", type=int, default=40)
     parser.add_argument("--max-prompt-tokens", type=int, default=1500)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-new-tokens", type=int, nargs="*", default=[],
+                        help="generation budgets to probe each variant with (default: simulate.decoding's)")
     args = parser.parse_args()
 
     params = load_params(args.params)
@@ -69,10 +72,13 @@ def main() -> None:
     samples = io.SFT_SAMPLES.read(paths.SFT_SAMPLES_FILE)
     prompts = probe_prompts(samples, args.n_end, args.n_other, args.max_prompt_tokens, args.seed)
     real_words = prompts.loc[~prompts["is_end"], "completion"].str.split().str.len().mean()
+    real_bursts = int((prompts["n_target_messages"] > 1).sum())
     decoding = params.simulate.decoding
+    budgets = args.max_new_tokens or [decoding.max_new_tokens]
     print(f"{len(prompts)} held-out prompts ({int(prompts['is_end'].sum())} real ends), decoding {decoding.model_dump()}, "
-          f"precision {resolve_precision(params.sft.precision)}; real turns: {real_words:.1f} words")
-    print(f"{'variant':<14} {'train s':>7} {'loss':>6}  {'end recall':<16} {'false ends':<16} {'cut':<16} {'words':>5}")
+          f"precision {resolve_precision(params.sft.precision)}; real turns: {real_words:.1f} words, "
+          f"bursts {share(real_bursts, len(prompts))}")
+    print(f"{'variant':<14} {'budget':>6} {'train s':>7} {'loss':>6}  {'end recall':<16} {'false ends':<16} {'bursts':<16} {'cut':<16} {'words':>5}")
     for name, overrides in variants:
         sft = params.sft.model_copy(update=json.loads(overrides))
         with tempfile.TemporaryDirectory(prefix="sft_probe_") as scratch:
@@ -82,15 +88,21 @@ def main() -> None:
                              out / "loss.csv", out / "checkpoints", progress=False)
             seconds = time.perf_counter() - started
             generator = ChatGenerator.load(paths.BASE_MODEL_DIR, out / "model", precision=params.simulate.precision)
-            generated = generator.generate([json.loads(p) for p in prompts["prompt"]], decoding,
+            results = {
+                budget: generator.generate([json.loads(p) for p in prompts["prompt"]], decoding.model_copy(update={"max_new_tokens": budget}),
                                            [args.seed + i for i in range(len(prompts))])
-        ended = pd.Series([is_end_of_conversation(g.text, params.sft_samples.end_marker) for g in generated])
-        cut = sum(g.hit_max_tokens for g in generated)
-        words = sum(len(g.text.split()) for g in generated) / len(generated)
-        is_end = prompts["is_end"]
-        print(f"{name:<14} {seconds:7.0f} {report['final_train_loss']:6.3f}  "
-              f"{share(int(ended[is_end].sum()), int(is_end.sum())):<16} {share(int(ended[~is_end].sum()), int((~is_end).sum())):<16} "
-              f"{share(cut, len(generated)):<16} {words:5.1f}")
+                for budget in budgets
+            }
+        for budget, generated in results.items():
+            turns = [parse_user_turn(g.text, params.sft_samples.end_marker, params.sft_samples.message_separator) for g in generated]
+            ended = pd.Series([turn.ends for turn in turns])
+            bursts = sum(len(turn.messages) > 1 for turn in turns)
+            cut = sum(g.hit_max_tokens for g in generated)
+            words = sum(len(g.text.split()) for g in generated) / len(generated)
+            is_end = prompts["is_end"]
+            print(f"{name:<14} {budget:6d} {seconds:7.0f} {report['final_train_loss']:6.3f}  "
+                  f"{share(int(ended[is_end].sum()), int(is_end.sum())):<16} {share(int(ended[~is_end].sum()), int((~is_end).sum())):<16} "
+                  f"{share(bursts, len(generated)):<16} {share(cut, len(generated)):<16} {words:5.1f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ def main(params_file: Path = Path("params.yaml")) -> None:
         # Outside every DVC output (DVC deletes outputs before re-running a stage), so an
         # interrupted run resumes from it.
         paths.SFT_CHECKPOINTS,
+        end_marker=params.sft_samples.end_marker,
+        message_separator=params.sft_samples.message_separator,
     )
 
 

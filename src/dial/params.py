@@ -166,9 +166,13 @@ class SftParams(Section):
     max_grad_norm: float = Field(default=1.0, gt=0)
     weight_decay: float = Field(default=0.0, ge=0.0)
     lora: LoraParams = Field(default_factory=LoraParams)
-    # CPU-sized defaults: a seeded subset of the train samples (0 = all) and a per-sample token cap
-    # (longer samples are skipped and counted, never truncated mid-message). Both stratified: end
-    # and burst samples keep their share of all train samples (dial.training.sft.select_train_samples).
+    # session: one training sequence per session, the loss on every user turn and the end
+    # (dial.training.sft.session_sequence); turn: one prompt-completion sample per user turn.
+    unit: Literal["session", "turn"] = "session"
+    # CPU-sized defaults: a seeded subset of the train samples (0 = all; sessions with unit
+    # session) and a per-sample token cap (longer ones are skipped and counted, never truncated
+    # mid-message). With unit turn the subset is stratified: end and burst samples keep their share
+    # of all train samples (dial.training.sft.select_train_samples).
     max_train_samples: int = Field(default=0, ge=0)
     max_sample_tokens: int = Field(default=0, ge=0)
     precision: Precision = "auto"

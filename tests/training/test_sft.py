@@ -1,5 +1,5 @@
-"""SFT stage on the tiny offline model: completion-only loss, outputs, determinism, resume, sample
-selection, precision resolution."""
+"""SFT stage on the tiny offline model: completion-only loss, whole-session sequences, outputs,
+determinism, resume, sample selection, precision resolution."""
 
 from __future__ import annotations
 
@@ -12,11 +12,21 @@ from transformers import TrainerCallback
 from trainer_helpers import InterruptAt, Interrupted, RecordStart, adapter_weights
 
 from dial import io
-from dial.params import SftParams
-from dial.sft_samples import ChatRenderer
+from dial.params import SftParams, SftSamplesParams
+from dial.prompting import parse_user_turn
+from dial.sft_samples import ChatRenderer, build_sft_samples
 from dial.training import common
 from dial.training.common import resolve_precision
-from dial.training.sft import MANIFEST, build_sft_trainer, proportional_quotas, run_sft, select_train_samples
+from dial.training.sft import (
+    MANIFEST,
+    build_sft_trainer,
+    proportional_quotas,
+    run_sft,
+    select_train_samples,
+    select_train_windows,
+    session_dataset,
+    session_windows,
+)
 
 WORDS = "hey so I feel tired today and my job is a lot lately maybe a walk would help thanks bye".split()
 CAP = 120  # tokens: the long samples below are over it
@@ -61,7 +71,10 @@ def synthetic_samples(tokenizer, n_train: int = 10, n_long: int = 2, n_valid: in
 
 
 def tiny_params(**overrides) -> SftParams:
+    """Turn samples (the synthetic samples above have no session structure); the session unit
+    has its own tests below, on samples built from sessions."""
     values = dict(
+        unit="turn",
         epochs=1.0,
         batch_size=2,
         learning_rate=1e-3,
@@ -334,3 +347,116 @@ def test_run_killed_before_publishing_resumes_at_the_end(first_run, samples_path
     assert report == first_run[1]
     uninterrupted, resumed = adapter_weights(first_run[0] / "model"), adapter_weights(out / "model")
     assert all(torch.equal(resumed[key], uninterrupted[key]) for key in uninterrupted)
+
+
+# --------------------------------------------------------------------------------------------
+# unit: session: one sequence per session, loss on every user turn and the end
+
+
+END, SEP = SftSamplesParams().end_marker, SftSamplesParams().message_separator
+
+
+def session_corpus(n_sessions: int = 6, n_long: int = 1):
+    """Real-shaped sessions: bursts, chatbot bursts, sessions ended by the chatbot or by the user;
+    `n_long` of them far longer than the others."""
+    rows = []
+    for s in range(n_sessions):
+        turns = [("user", f"hey {s}"), ("user", "you there?"), ("assistant", "yes, hi"), ("assistant", "how are you")]
+        turns += [("user", " ".join(WORDS[s : s + 5])), ("assistant", "I see, tell me more")]
+        if s % 2:
+            turns += [("user", "ok thanks"), ("user", "bye")]  # the user ends with a burst
+        if s < n_long:
+            turns += [("assistant", " ".join(WORDS) * 3), ("user", " ".join(WORDS) * 3), ("assistant", "noted")]
+        rows += [(f"s{s}", role, text) for role, text in turns]
+    messages = pd.DataFrame(rows, columns=["session_id", "role", "text"])
+    messages["turn_index"] = messages.groupby("session_id").cumcount()
+    sessions = pd.DataFrame({"session_id": [f"s{s}" for s in range(n_sessions)], "user_id": [f"u{s}" for s in range(n_sessions)]})
+    contexts = pd.DataFrame({"session_id": sessions["session_id"], "context_text": [f"profile {s}" for s in range(n_sessions)]})
+    splits = pd.DataFrame({"user_id": sessions["user_id"], "split": ["train"] * (n_sessions - 1) + ["valid"]})
+    return sessions, messages, contexts, splits
+
+
+@pytest.fixture(scope="module")
+def session_samples(tiny_tokenizer):
+    samples, _ = build_sft_samples(*session_corpus(), SftSamplesParams(), tiny_tokenizer, progress=False)
+    return samples
+
+
+def labelled_runs(labels: list[int]) -> list[list[int]]:
+    runs, current = [], []
+    for label in labels + [-100]:
+        if label != -100:
+            current.append(label)
+        elif current:
+            runs.append(current)
+            current = []
+    return runs
+
+
+def test_a_session_sequence_labels_every_user_turn_and_its_end_as_turn_samples_do(session_samples, tiny_tokenizer):
+    windows, counts = select_train_windows(session_samples, SftParams(unit="session"), tiny_tokenizer, END, SEP)
+    dataset = session_dataset(windows, tiny_tokenizer)
+    assert len(dataset) == len(windows) == 5 and counts["train_windows_used"] == 5  # no cap: a window per session
+    for window, example in zip(windows, dataset):
+        session_id = f"s{window[0]['content'].split()[-1]}"  # "profile 3" -> s3
+        turn_samples = session_samples[session_samples["session_id"] == session_id].sort_values("target_turn_index")
+        runs = labelled_runs(example["labels"])
+        # One labelled run per turn sample of the session, in order, each exactly the tokens trl labels
+        # for that sample's completion: the burst joined as the simulator writes it, the end marker last.
+        assert [tiny_tokenizer.decode(run) for run in runs] == [c + "<|im_end|>\n" for c in turn_samples["completion"]]
+        assert [len(run) for run in runs] == turn_samples["n_completion_tokens"].tolist()
+        # Everything else (context, chatbot, role headers) carries no loss.
+        assert sum(len(run) for run in runs) < len(example["input_ids"])
+    # The burst round trip: the SFT target of a burst parses back into the messages the user sent.
+    s1 = session_samples[(session_samples["session_id"] == "s1")].sort_values("target_turn_index")
+    assert parse_user_turn(s1["completion"].iloc[0], END, SEP).messages == ("hey 1", "you there?")
+    assert parse_user_turn(s1["completion"].iloc[-1], END, SEP) == parse_user_turn(f"ok thanks{SEP}bye{SEP}{END}", END, SEP)
+    assert parse_user_turn(s1["completion"].iloc[-1], END, SEP).ends
+    assert counts["shares"]["end"]["selected"] == round(5 / len(session_samples[session_samples["split"] == "train"]), 6)
+
+
+def test_windows_put_every_user_turn_and_ending_in_exactly_one_window_under_the_cap(session_samples, tiny_tokenizer):
+    renderer = ChatRenderer(tiny_tokenizer)
+
+    def whole_session(session_id):
+        (row,) = session_samples[(session_samples["session_id"] == session_id) & session_samples["is_end"]].itertuples(index=False)
+        session = json.loads(row.prompt) + [{"role": "assistant", "content": row.completion}]
+        return session, renderer.count(tiny_tokenizer.apply_chat_template([session], tokenize=False))[0]
+
+    session, n_tokens = whole_session("s1")
+    cap = n_tokens * 2 // 3
+    windows, unfit = session_windows(renderer, session, cap)
+    assert len(windows) == 2 and unfit == 0
+    for window in windows:
+        assert window[0] == session[0]  # every window reads the context
+        assert window[-1]["role"] == "assistant"  # and ends with what the user wrote
+        assert renderer.count(tiny_tokenizer.apply_chat_template([window], tokenize=False))[0] <= cap
+    assert [m for w in windows for m in w[1:]] == session[1:]  # consecutive, nothing lost or repeated
+    assert session_windows(renderer, session, 0) == ([session], 0)
+    # s0's long user message fits no window: counted, and the turns around it still trained on.
+    long_session, n_tokens = whole_session("s0")
+    windows, unfit = session_windows(renderer, long_session, cap)
+    assert unfit == 1 and windows and all(m["content"] != " ".join(WORDS) * 3 for w in windows for m in w)
+
+
+def test_window_selection_draws_a_seeded_subset_and_reports_what_it_teaches(session_samples, tiny_tokenizer):
+    params = SftParams(unit="session", max_sample_tokens=60, max_train_samples=4, seed=1)
+    kept, counts = select_train_windows(session_samples, params, tiny_tokenizer, END, SEP)
+    everything, _ = select_train_windows(session_samples, params.model_copy(update={"max_train_samples": 0}), tiny_tokenizer, END, SEP)
+    assert counts["train_sessions"] == 5 and counts["train_windows_available"] == len(everything) > 4
+    assert len(kept) == 4 and all(window in everything for window in kept)
+    assert select_train_windows(session_samples, params, tiny_tokenizer, END, SEP)[0] == kept
+    train_targets = session_samples[session_samples["split"] == "train"]
+    assert counts["train_samples_available"] == len(train_targets) - counts["train_turns_in_no_window"]
+    assert counts["shares"]["burst"]["available"] is not None
+
+
+def test_session_run_trains_on_every_turn(session_samples, tiny_model_dir, tmp_path):
+    path = io.SFT_SAMPLES.write(session_samples, tmp_path / "samples.parquet")
+    params = tiny_params(unit="session", max_sample_tokens=0, batch_size=2)
+    out, report = run(tmp_path, path, tiny_model_dir, params=params)
+    assert report["unit"] == "session" and report["train_windows_used"] == 5 and report["steps"] == 3
+    turns = session_samples[session_samples["split"] == "train"]
+    assert report["train_samples_used"] == len(turns)
+    assert report["completion_tokens_per_epoch"] == int(turns["n_completion_tokens"].sum())
+    assert (out / "model" / "adapter_model.safetensors").is_file()

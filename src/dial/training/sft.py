@@ -1,15 +1,22 @@
 """SFT of the user simulator (METHOD.md §3): a LoRA adapter on the base model, trained with trl's
-`SFTTrainer` on the flipped-dialogue samples, loss on the completion (the real user's next
-message) only.
+`SFTTrainer` on the flipped-dialogue samples, loss on what the real user wrote only.
 
-The samples are trl's conversational prompt-completion format: the prompt is rendered with the
-chat template and a generation prompt, the completion is the assistant (= simulated user) turn,
-and trl builds labels that are -100 on every prompt token (`completion_only_loss=True`).
+Two units (`sft.unit`):
+- `session` (default): one sequence per session, the session as the simulator reads it (context,
+  then every user turn as one assistant message, the chatbot as user) ending in its end sample's
+  completion; labels are -100 everywhere except on every user turn and the end
+  (`session_sequence`). One forward pass teaches every turn of the session and its ending, in
+  their real proportions, where a turn sample pays for the whole prompt to teach one turn: at
+  the CPU-sized budget ~8x more supervised turns per token, and the only way the simulator sees
+  enough ends and bursts to learn them (bench/README, "What an SFT setting teaches").
+- `turn`: trl's conversational prompt-completion format, one sample per user turn: the prompt is
+  rendered with the chat template and a generation prompt, the completion is the assistant
+  (= simulated user) turn, and trl builds labels that are -100 on every prompt token.
 
-CPU budget knobs (`sft.max_sample_tokens`, `sft.max_train_samples`): over-long samples are skipped
-and counted (never truncated: a cut prompt would teach the wrong context), then a seeded subset of
-the rest is drawn, stratified so that end and burst samples keep their share of all train samples
-(`select_train_samples`). Checkpoints go to a folder outside the DVC output, keyed by a hash of the
+CPU budget knobs (`sft.max_sample_tokens`, `sft.max_train_samples`): over-long sequences are
+skipped and counted (never truncated: a cut prompt would teach the wrong context), then a seeded
+subset of the rest is drawn (`select_train_sessions`; for turns stratified so that end and burst
+samples keep their share of all train samples, `select_train_samples`). Checkpoints go to a folder outside the DVC output, keyed by a hash of the
 params, the precision and the input files, so an interrupted `dvc repro` resumes where it stopped.
 """
 
@@ -27,6 +34,8 @@ from dial import io
 from dial.errors import DialError
 from dial.models import quiet_peft_deprecation
 from dial.params import SftParams
+from dial.prompting import DEFAULT_END_MARKER, DEFAULT_MESSAGE_SEPARATOR, parse_user_turn
+from dial.sft_samples import ChatRenderer
 from dial.training.common import (
     ResolvedPrecision,
     TokenThroughputCallback,
@@ -148,6 +157,122 @@ def select_train_samples(samples: pd.DataFrame, params: SftParams) -> tuple[pd.D
     return kept, counts
 
 
+def session_windows(renderer: ChatRenderer, messages: list[dict[str, str]], max_tokens: int) -> tuple[list[list[dict[str, str]]], int]:
+    """One session (the system context, then the flipped session, its ending last) as consecutive
+    windows of at most `max_tokens` (0: no cap, the whole session), each the context plus a run
+    of the session's messages that ends with a user turn (an assistant message): every user turn
+    and the ending is in exactly one window, so windows teach them in their real proportions.
+
+    Greedy: a window takes as many messages as fit, then gives back any chatbot messages after
+    its last user turn (they open the next window, as the prompt the turn after them reads).
+    A later window starts mid-session without the messages before it, as a turn sample whose
+    oldest history was dropped. Returns (windows, user turns that fit in no window)."""
+    system, body = messages[0], messages[1:]
+    windows, unfit, start = [], 0, 0
+    while start < len(body):
+        stop, end = start, None
+        while stop < len(body):
+            if max_tokens > 0 and renderer.count(renderer.tokenizer.apply_chat_template(
+                [[system, *body[start : stop + 1]]], tokenize=False))[0] > max_tokens:
+                break
+            if body[stop]["role"] == "assistant":
+                end = stop + 1
+            stop += 1
+        if end is None:  # no user turn fits from here: skip through the next one
+            following = [i for i in range(start, len(body)) if body[i]["role"] == "assistant"]
+            unfit += bool(following)
+            start = following[0] + 1 if following else len(body)
+            continue
+        windows.append([system, *body[start:end]])
+        start = end
+    return windows, unfit
+
+
+def select_train_windows(
+    samples: pd.DataFrame, params: SftParams, tokenizer, end_marker: str, message_separator: str
+) -> tuple[list[list[dict[str, str]]], dict]:
+    """The training sequences of `unit: session`, and how they were chosen.
+
+    Every train session (its end sample: prompt + completion is the whole session as the
+    simulator writes it) is cut into windows of at most `max_sample_tokens` (`session_windows`);
+    a seeded subset of `max_train_samples` windows (0: all) is drawn. Each user turn and each
+    ending is in exactly one window, so the subset keeps their real proportions up to sampling;
+    the report shows the share of end and burst targets among all and among those trained on."""
+    renderer = ChatRenderer(tokenizer)
+    train = samples[(samples["split"] == "train") & samples["is_end"]].sort_values("sample_id")
+    windows, unfit = [], 0
+    for row in train.itertuples(index=False):
+        messages = json.loads(row.prompt) + [{"role": "assistant", "content": row.completion}]
+        found, skipped = session_windows(renderer, messages, params.max_sample_tokens)
+        windows += found
+        unfit += skipped
+    requested = params.max_train_samples if params.max_train_samples > 0 else len(windows)
+    if requested < len(windows):
+        order = pd.Series(range(len(windows))).sample(n=requested, random_state=params.seed)
+        kept = [windows[i] for i in sorted(order)]
+    else:
+        kept = windows
+
+    def taught(chosen: list[list[dict[str, str]]]) -> dict:
+        turns = [parse_user_turn(m["content"], end_marker, message_separator) for w in chosen for m in w if m["role"] == "assistant"]
+        return {"targets": len(turns), "end": sum(t.ends for t in turns), "burst": sum(len(t.messages) > 1 for t in turns)}
+
+    available, selected = taught(windows), taught(kept)
+    counts = {
+        "train_sessions": len(train),
+        "train_windows_available": len(windows),
+        "train_windows_used": len(kept),
+        "train_turns_in_no_window": unfit,
+        "train_samples_available": available["targets"],
+        "train_samples_used": selected["targets"],  # supervised targets: user turns and endings
+        "train_tokens_per_epoch": int(sum(renderer.count(renderer.tokenizer.apply_chat_template(kept, tokenize=False)))) if kept else 0,
+        "shares": {
+            kind: {"available": _share(available[kind], available["targets"]), "selected": _share(selected[kind], selected["targets"])}
+            for kind in ("end", "burst")
+        },
+    }
+    return kept, counts
+
+
+def session_sequence(tokenizer, messages: list[dict[str, str]]) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) of a session window in the simulator's format (`simulator_messages`,
+    its ending as a last assistant message): labels are -100 except on each assistant message, i.e.
+    exactly the tokens trl's prompt-completion format labels when that turn is the completion (its
+    text and end-of-turn). Needs a prefix-stable chat template (as turn samples do)."""
+    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    spans = []
+    for k, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = tokenizer.apply_chat_template(messages[:k], tokenize=False, add_generation_prompt=True)
+        through = tokenizer.apply_chat_template(messages[: k + 1], tokenize=False)
+        if not (full.startswith(through) and through.startswith(before)):
+            raise DialError("chat template is not prefix-stable: a session cannot be trained as one sequence (use sft.unit: turn)")
+        spans.append((len(before), len(through)))
+    encoded = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    input_ids = list(encoded["input_ids"])
+    labels = [-100] * len(input_ids)
+    span_index = 0
+    for i, (start, _) in enumerate(encoded["offset_mapping"]):
+        while span_index < len(spans) and start >= spans[span_index][1]:
+            span_index += 1
+        if span_index < len(spans) and spans[span_index][0] <= start:
+            labels[i] = input_ids[i]
+    return input_ids, labels
+
+
+def session_dataset(windows: list[list[dict[str, str]]], tokenizer):
+    """The windows as a pre-tokenized dataset with labels, which trl uses as is."""
+    from datasets import Dataset
+
+    input_ids, labels = [], []
+    for window in windows:
+        ids, window_labels = session_sequence(tokenizer, window)
+        input_ids.append(ids)
+        labels.append(window_labels)
+    return Dataset.from_dict({"input_ids": input_ids, "labels": labels})
+
+
 def prompt_completion_dataset(samples: pd.DataFrame):
     """trl's conversational prompt-completion dataset: prompt = chat messages, completion = the
     simulated user's turn (the `assistant` role of the flipped dialogue)."""
@@ -173,13 +298,14 @@ def sft_config(params: SftParams, precision: ResolvedPrecision, output_dir: Path
     return SFTConfig(
         **shared_trainer_arguments(params, precision, output_dir),
         packing=False,
-        completion_only_loss=True,
+        # turn: trl masks the prompt; session: the dataset carries its own labels (session_dataset).
+        completion_only_loss=params.unit == "turn",
     )
 
 
 def build_sft_trainer(
     params: SftParams,
-    train_samples: pd.DataFrame,
+    train_samples: pd.DataFrame | list,
     base_model_dir: Path,
     output_dir: Path,
     precision: ResolvedPrecision,
@@ -187,6 +313,7 @@ def build_sft_trainer(
     compact_lm_head: bool = True,
 ):
     """An `SFTTrainer` with a fresh LoRA adapter on the fp32 base model (checkpoints into `output_dir`).
+`train_samples`: turn samples (`unit: turn`) or session windows (`unit: session`).
 
     `compact_lm_head=False` keeps trl's own LM head on CPU (the benchmark compares the two).
     """
@@ -206,7 +333,9 @@ def build_sft_trainer(
         trainer = SFTTrainer(
             model=model,
             args=sft_config(params, precision, output_dir),
-            train_dataset=prompt_completion_dataset(train_samples),
+            train_dataset=(
+                session_dataset(train_samples, tokenizer) if params.unit == "session" else prompt_completion_dataset(train_samples)
+            ),
             processing_class=tokenizer,
             peft_config=lora_config(params.lora),
             callbacks=list(callbacks),
@@ -227,18 +356,28 @@ def run_sft(
     checkpoint_dir: Path,
     progress: bool = True,
     callbacks: Sequence = (),
+    end_marker: str = DEFAULT_END_MARKER,
+    message_separator: str = DEFAULT_MESSAGE_SEPARATOR,
 ) -> dict:
     """Stage: SFT samples + base model → LoRA adapter folder, metrics report and loss curve.
 
-    `callbacks` are extra `TrainerCallback`s (tests use one to simulate an interruption).
+    `callbacks` are extra `TrainerCallback`s (tests use one to simulate an interruption);
+    `end_marker` and `message_separator` (sft_samples') let the report count what it teaches.
     """
     samples_path, base_model_dir, out_dir = Path(samples_path), Path(base_model_dir), Path(out_dir)
     samples = io.SFT_SAMPLES.read(samples_path)
-    train_samples, counts = select_train_samples(samples, params)
-    if train_samples.empty:
+    if params.unit == "session":
+        from dial.models import load_tokenizer
+
+        train_samples, counts = select_train_windows(samples, params, load_tokenizer(base_model_dir), end_marker, message_separator)
+        why = f"{counts['train_turns_in_no_window']} user turns fit in no window"
+    else:
+        train_samples, counts = select_train_samples(samples, params)
+        why = f"{counts['train_samples_over_cap_skipped']} samples"
+    if len(train_samples) == 0:
         raise DialError(
-            f"{samples_path}: no train samples left for SFT ({counts['train_samples_available']} in the train split, "
-            f"{counts['train_samples_over_cap_skipped']} over sft.max_sample_tokens={params.max_sample_tokens})"
+            f"{samples_path}: nothing left to train SFT on ({counts['train_samples_available']} targets in the train "
+            f"split, {why} over sft.max_sample_tokens={params.max_sample_tokens})"
         )
     precision = resolve_precision(params.precision)
     fingerprint = {
@@ -250,7 +389,9 @@ def run_sft(
     run_dir = checkpoint_run_dir(Path(checkpoint_dir), run_key(fingerprint))
     resume_from = latest_checkpoint(run_dir)
     log.info(
-        "SFT on %d samples (%d tokens/epoch), precision %s, device %s",
+        "SFT on %d %s, %d targets (%d tokens/epoch), precision %s, device %s",
+        len(train_samples),
+        "session windows" if params.unit == "session" else "turn samples",
         counts["train_samples_used"],
         counts["train_tokens_per_epoch"],
         precision,
@@ -259,6 +400,8 @@ def run_sft(
 
     throughput = TokenThroughputCallback(enabled=progress, desc="sft")
     trainer = build_sft_trainer(params, train_samples, base_model_dir, run_dir, precision, [throughput, *callbacks])
+    if params.unit == "session":
+        counts["completion_tokens_per_epoch"] = int(sum(sum(label != -100 for label in labels) for labels in trainer.train_dataset["labels"]))
     if resume_from is not None:
         log.info("resuming from %s", resume_from)
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
@@ -276,6 +419,7 @@ def run_sft(
         "total_params": total,
         "max_sample_tokens": params.max_sample_tokens,
         "max_train_samples": params.max_train_samples,
+        "unit": params.unit,
     }
     manifest = {
         "kind": "sft",
