@@ -432,6 +432,13 @@ def test_windows_put_every_user_turn_and_ending_in_exactly_one_window_under_the_
         assert window[-1]["role"] == "assistant"  # and ends with what the user wrote
         assert renderer.count(tiny_tokenizer.apply_chat_template([window], tokenize=False))[0] <= cap
     assert [m for w in windows for m in w[1:]] == session[1:]  # consecutive, nothing lost or repeated
+    # Cut from the end: the ending's window is as long as fits (one more turn before it would not),
+    # the short remainder is the session's start.
+    system, body = session[0], session[1:]  # burst, chatbot, chatbot, turn, chatbot, burst + ending
+    assert [m["role"] for m in body] == ["assistant", "user", "user", "assistant", "user", "assistant"]
+    assert windows == [[system, *body[:4]], [system, *body[4:]]]
+    # the next longer last window (from right after the first burst) would not fit
+    assert renderer.count(tiny_tokenizer.apply_chat_template([[system, *body[1:]]], tokenize=False))[0] > cap
     assert session_windows(renderer, session, 0) == ([session], 0)
     # s0's long user message fits no window: counted, and the turns around it still trained on.
     long_session, n_tokens = whole_session("s0")

@@ -160,32 +160,43 @@ def select_train_samples(samples: pd.DataFrame, params: SftParams) -> tuple[pd.D
 def session_windows(renderer: ChatRenderer, messages: list[dict[str, str]], max_tokens: int) -> tuple[list[list[dict[str, str]]], int]:
     """One session (the system context, then the flipped session, its ending last) as consecutive
     windows of at most `max_tokens` (0: no cap, the whole session), each the context plus a run
-    of the session's messages that ends with a user turn (an assistant message): every user turn
-    and the ending is in exactly one window, so windows teach them in their real proportions.
+    of the session's messages that ends with a user turn (an assistant message) and starts at the
+    session's start or right after a user turn: every user turn and the ending is in exactly one
+    window, so windows teach them in their real proportions.
 
-    Greedy: a window takes as many messages as fit, then gives back any chatbot messages after
-    its last user turn (they open the next window, as the prompt the turn after them reads).
-    A later window starts mid-session without the messages before it, as a turn sample whose
-    oldest history was dropped. Returns (windows, user turns that fit in no window)."""
+    Cut from the end: the last window is as long as fits, so the ending is learned after as much
+    of the session as the cap allows, and the short remainder is the session's *start*, where the
+    history really is short. (Cut from the start, the ending would sit in the short remainder and
+    the simulator would learn to end sessions after a few turns.) A window that does not start the
+    session opens mid-session without the messages before it, as a turn sample whose oldest
+    history was dropped. Returns (windows in session order, user turns that fit in no window)."""
     system, body = messages[0], messages[1:]
-    windows, unfit, start = [], 0, 0
-    while start < len(body):
-        stop, end = start, None
-        while stop < len(body):
-            if max_tokens > 0 and renderer.count(renderer.tokenizer.apply_chat_template(
-                [[system, *body[start : stop + 1]]], tokenize=False))[0] > max_tokens:
-                break
-            if body[stop]["role"] == "assistant":
-                end = stop + 1
-            stop += 1
-        if end is None:  # no user turn fits from here: skip through the next one
-            following = [i for i in range(start, len(body)) if body[i]["role"] == "assistant"]
-            unfit += bool(following)
-            start = following[0] + 1 if following else len(body)
+
+    def fits(start: int, stop: int) -> bool:
+        if max_tokens <= 0:
+            return True
+        text = renderer.tokenizer.apply_chat_template([[system, *body[start:stop]]], tokenize=False)
+        return renderer.count(text)[0] <= max_tokens
+
+    starts = [0] + [i + 1 for i, message in enumerate(body[:-1]) if message["role"] == "assistant"]
+    windows, unfit = [], 0
+    stop = len(body)  # body[-1] is what the user wrote last (a turn or the ending)
+    while stop > 0:
+        candidates = [start for start in starts if start < stop]
+        low, high = 0, len(candidates)  # the earliest candidate that fits: shorter windows fit if longer ones do
+        while low < high:
+            middle = (low + high) // 2
+            if fits(candidates[middle], stop):
+                high = middle
+            else:
+                low = middle + 1
+        if low == len(candidates):  # not even the turn alone fits: skip it
+            unfit += 1
+            stop = candidates[-1]
             continue
-        windows.append([system, *body[start:end]])
-        start = end
-    return windows, unfit
+        windows.append([system, *body[candidates[low] : stop]])
+        stop = candidates[low]
+    return windows[::-1], unfit
 
 
 def select_train_windows(
