@@ -27,9 +27,11 @@ def test_per_session_counts_turns_bursts_messages_and_words():
         ("a", "user", "ok bye now"),
         ("b", "user", "one two three"), ("b", "assistant", "sure"),
     ])
-    rows = structure.per_session(messages, {"a": True}).set_index("session_id")
+    rows = structure.per_session(messages, {"a": True, "quiet": True}, ["a", "b", "quiet"]).set_index("session_id")
     assert rows.loc["a"].to_dict() == {"user_turns": 2, "burst_turns": 1, "user_messages": 3, "user_words": 6, "ended": True}
     assert rows.loc["b"].to_dict() == {"user_turns": 1, "burst_turns": 0, "user_messages": 1, "user_words": 3, "ended": False}
+    # A simulated user who ended the session before writing anything: a row of zeros, not left out.
+    assert rows.loc["quiet"].to_dict() == {"user_turns": 0, "burst_turns": 0, "user_messages": 0, "user_words": 0, "ended": True}
 
 
 def test_summary_ratios_are_pooled_over_sessions_and_the_ended_share_has_a_wilson_interval():

@@ -221,9 +221,15 @@ def run_evaluate(params: Params, simulator_ids: Sequence[str], data_dir: Path, r
         simulated_user_turns = min(simulated_user_turns, params.discriminator.max_user_turns)
 
     # Session shape, like for like: the cut sessions, and whether the user ended each one in them.
-    structure = {REAL: session_structure.per_session(real_messages, session_structure.real_ended(whole_real_messages, user_turns))}
-    for name, (_, messages, simulations) in simulated.items():
-        structure[name] = session_structure.per_session(messages, session_structure.simulated_ended(simulations))
+    structure = {
+        REAL: session_structure.per_session(
+            real_messages, session_structure.real_ended(whole_real_messages, user_turns), real_sessions["session_id"]
+        )
+    }
+    for name, (sessions, messages, simulations) in simulated.items():
+        structure[name] = session_structure.per_session(
+            messages, session_structure.simulated_ended(simulations), sessions["session_id"]
+        )
 
     metrics = evaluate(
         real_sessions,

@@ -18,7 +18,7 @@ whole sessions, `dial.evaluation.stats.resample_weights`); the ended share a Wil
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -33,10 +33,17 @@ RATIOS = {  # metric: (numerator column, denominator column)
 }
 
 
-def per_session(messages: pd.DataFrame, ended: Mapping[str, bool]) -> pd.DataFrame:
-    """One row per session of `messages` (COLUMNS); `ended`: session → the user ended it."""
+def per_session(messages: pd.DataFrame, ended: Mapping[str, bool], session_ids: Iterable[str] = ()) -> pd.DataFrame:
+    """One row per session (COLUMNS) of `messages` and of `session_ids`; `ended`: session → the
+    user ended it. A session without a message (a simulated user who ended it at once) is a row
+    of zeros: leaving it out would hide the earliest endings."""
     rows = []
     ordered = messages.sort_values(["session_id", "turn_index"], kind="stable")
+    ordered = ordered.assign(session_id=ordered["session_id"].astype(str))
+    silent = sorted(set(map(str, session_ids)) - set(ordered["session_id"]))
+    for session_id in silent:
+        rows.append({"session_id": session_id, "user_turns": 0, "burst_turns": 0, "user_messages": 0, "user_words": 0,
+                     "ended": bool(ended.get(session_id, False))})
     for session_id, group in ordered.groupby("session_id", sort=True):
         turns, burst_turns, run = 0, 0, 0
         for role in [*group["role"], None]:
@@ -58,7 +65,7 @@ def per_session(messages: pd.DataFrame, ended: Mapping[str, bool]) -> pd.DataFra
                 "ended": bool(ended.get(str(session_id), False)),
             }
         )
-    return pd.DataFrame(rows, columns=COLUMNS)
+    return pd.DataFrame(rows, columns=COLUMNS).sort_values("session_id", kind="stable").reset_index(drop=True)
 
 
 def summarise(frame: pd.DataFrame, n_resamples: int, seed: int, label: str) -> dict:
