@@ -12,13 +12,8 @@ from scipy.stats import binomtest
 from dial.evaluation import report, structure
 from dial.evaluation.evaluate import evaluate
 
+from eval_helpers import messages_frame as frame
 from test_report import synthetic
-
-
-def frame(rows):
-    messages = pd.DataFrame(rows, columns=["session_id", "role", "text"])
-    messages["turn_index"] = messages.groupby("session_id").cumcount()
-    return messages
 
 
 def test_per_session_counts_turns_bursts_messages_and_words():
