@@ -63,6 +63,25 @@ def test_prefix_cache_gives_the_same_tokens_and_skips_work(generator):
     assert not generator._prefixes
 
 
+def test_a_call_mixing_cached_and_fresh_conversations_gives_each_its_own_tokens(generator):
+    # Rows with a cached prefix, rows without and rows of different lengths share one call;
+    # each gets the tokens it gets alone, with no cache at all.
+    decoding = DecodingParams(temperature=0.0, max_new_tokens=8)
+    generator.generate([conversation(0), conversation(1, extra=2)], decoding, [1, 2], cache_keys=["m0", "m1"])
+    grown = [
+        conversation(0) + [{"role": "assistant", "content": "ok"}, {"role": "user", "content": "tell me more about it"}],
+        conversation(1, extra=2) + [{"role": "assistant", "content": "fine"}, {"role": "user", "content": "go"}],
+        conversation(7, extra=1),  # fresh: no cached prefix
+    ]
+    before = generator.tokens_reused
+    mixed = generator.generate(grown, decoding, [3, 4, 5], cache_keys=["m0", "m1", "m7"])
+    assert generator.tokens_reused > before
+    alone = [ChatGenerator(generator.model, generator.tokenizer).generate([conv], decoding, [seed])[0]
+             for conv, seed in zip(grown, [3, 4, 5])]
+    assert [g.text for g in mixed] == [g.text for g in alone]
+    generator.forget()
+
+
 def test_identical_prompts_are_prefilled_once(generator):
     decoding = DecodingParams(temperature=1.0, max_new_tokens=4)
     prompt_tokens = len(generator.prompt_ids([conversation(5)])[0])
@@ -151,3 +170,51 @@ def test_sampling_follows_the_nucleus_distribution():
     everything = torch.bincount(sample_next(scores, [torch.Generator().manual_seed(s) for s in range(len(scores))], 1.0, 1.0), minlength=5)
     assert (everything > 0).all()
     assert abs(everything[4].item() / len(scores) - 0.04) < 4 * (0.04 * 0.96 / len(scores)) ** 0.5
+
+
+@pytest.mark.parametrize("top_p", [1.0, 0.95])
+def test_a_peaked_distribution_samples_its_only_token_even_when_the_rest_underflow_to_zero(top_p):
+    # exp(-2e4) is 0 in float32: only token 7 has mass. With top_p 1 the candidates are in id
+    # order, so "the last candidate with mass" is not the count of non-zero entries minus one.
+    from dial.generation import sample_next
+
+    scores = torch.full((50, 1000), -1e4)
+    scores[:, 7] = 1e4
+    drawn = sample_next(scores, [torch.Generator().manual_seed(seed) for seed in range(50)], 1.0, top_p)
+    assert drawn.tolist() == [7] * 50
+
+
+@pytest.mark.parametrize(
+    "text, ends", [(".", True), (" fine.", True), ("?", True), ('!"', True), (".)", True), ("...", False), ("…", False), (" ok", False), (",", False)]
+)
+def test_sentence_end_tokens(text, ends):
+    from dial.generation import _ends_sentence
+
+    assert _ends_sentence(text) is ends
+
+
+@pytest.mark.parametrize("max_sentences, n_tokens, hit_max_tokens", [(1, 2, False), (2, 4, False), (0, 6, True)])
+def test_max_sentences_ends_a_reply_at_a_sentence_not_at_the_cap(generator, max_sentences, n_tokens, hit_max_tokens):
+    period = generator.tokenizer.convert_tokens_to_ids(".")
+    assert period in generator.sentence_end_ids()
+    calls = []
+
+    def steer(module, args, kwargs, output):
+        # Generated token k + 1 comes from forward call k: a full stop at tokens 2 and 4, never an end token.
+        for token in generator.end_token_ids:
+            output.logits[:, -1, token] = -1e4
+        output.logits[:, -1, list(generator.sentence_end_ids())] = -1e4
+        if len(calls) + 1 in (2, 4):
+            output.logits[:, -1, period] = 1e4
+        calls.append(1)
+        return output
+
+    handle = generator.model.register_forward_hook(steer, with_kwargs=True)
+    try:
+        decoding = DecodingParams(temperature=1.0, max_new_tokens=6, max_sentences=max_sentences)
+        result = generator.generate([conversation(2)], decoding, [5])[0]
+    finally:
+        handle.remove()
+    assert (result.n_tokens, result.hit_max_tokens) == (n_tokens, hit_max_tokens)
+    if max_sentences:
+        assert result.text.endswith(".")  # the full stop is text, kept (unlike an end-of-turn token)

@@ -9,6 +9,7 @@ logits, not on which other conversations share the batch (up to float rounding o
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -91,7 +92,10 @@ def sample_next(scores: torch.Tensor, generators: Sequence[torch.Generator], tem
     # right=True lands on the first entry whose cumulative mass exceeds the threshold: never a
     # zero-probability one; the clamp only guards a threshold rounded up to the total.
     picks = torch.searchsorted(cumulative, uniforms[:, None] * cumulative[:, -1:], right=True)
-    last_kept = (candidate_probs > 0).sum(dim=-1, keepdim=True) - 1
+    # The last candidate with any mass: candidates are sorted by probability in the nucleus path
+    # but in id order with top_p >= 1, where a peaked distribution underflows many ids to zero.
+    columns = torch.arange(candidate_probs.shape[-1], device=probs.device)
+    last_kept = torch.where(candidate_probs > 0, columns, 0).amax(dim=-1, keepdim=True)
     picks = torch.minimum(picks, last_kept)
     return candidate_ids.gather(1, picks)[:, 0]
 
@@ -114,6 +118,13 @@ def nucleus(probs: torch.Tensor, top_p: float, first_k: int = 64) -> tuple[torch
         k = min(vocab, k * 4)
     outside = cumulative - values >= top_p  # the mass before this token already reached top_p
     return values.masked_fill(outside, 0.0), ids
+
+
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]*\s*$")
+
+
+def _ends_sentence(text: str) -> bool:
+    return bool(_SENTENCE_END.search(text)) and not re.search(r"(\.\.|…)[\"')\]]*\s*$", text)
 
 
 @dataclass
@@ -183,6 +194,7 @@ class ChatGenerator:
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.end_token_ids[0]
         self.max_positions = getattr(model.config, "max_position_embeddings", None)
         self._prefixes: dict[str, _CachedPrefix] = {}
+        self._sentence_end_ids: set[int] | None = None  # built on first use (decodes the vocabulary)
         self.tokens_prefilled = 0  # prompt tokens actually run through the model (for benchmarks)
         self.tokens_reused = 0  # prompt tokens served from a cached prefix
 
@@ -197,6 +209,15 @@ class ChatGenerator:
             self._prefixes.clear()
         for key in cache_keys or ():
             self._prefixes.pop(key, None)
+
+    def sentence_end_ids(self) -> set[int]:
+        """Tokens that end a sentence: their text ends in . ! or ? (a closing quote or bracket may
+        follow), not in an ellipsis ("..", "…"), which usually goes on."""
+        if self._sentence_end_ids is None:
+            ids = range(len(self.tokenizer))
+            texts = self.tokenizer.batch_decode([[i] for i in ids])
+            self._sentence_end_ids = {i for i, text in zip(ids, texts) if _ends_sentence(text)}
+        return self._sentence_end_ids
 
     def prompt_ids(self, conversations: Sequence[list[dict[str, str]]]) -> list[list[int]]:
         texts = self.tokenizer.apply_chat_template(list(conversations), tokenize=False, add_generation_prompt=True)
@@ -326,6 +347,9 @@ class ChatGenerator:
         generators = [torch.Generator().manual_seed(int(seed) % (2**63)) for seed in seeds]
         generated: list[list[int]] = [[] for _ in prompts]
         ended = [False] * len(prompts)
+        sentences_left = [decoding.max_sentences] * len(prompts)  # 0 = no limit
+        sentence_end_ids = self.sentence_end_ids() if decoding.max_sentences else set()
+        kept_last = [False] * len(prompts)  # ended by a sentence: its last token is text, not an end token
         batch_rows = list(range(len(prompts)))  # batch position -> row
         active = list(range(len(prompts)))  # batch positions still generating
         end_ids = set(self.end_token_ids)
@@ -340,7 +364,11 @@ class ChatGenerator:
                 next_tokens[position] = token
                 if token in end_ids:
                     ended[row] = True
+                elif token in sentence_end_ids and sentences_left[row] == 1:
+                    ended[row] = kept_last[row] = True
                 else:
+                    if token in sentence_end_ids:
+                        sentences_left[row] -= 1
                     still.append(position)
             if not still or step == decoding.max_new_tokens - 1:
                 break
@@ -371,7 +399,7 @@ class ChatGenerator:
 
         results = []
         for row, ids in enumerate(generated):
-            kept = ids[:-1] if ended[row] else ids
+            kept = ids[:-1] if ended[row] and not kept_last[row] else ids
             text = self.tokenizer.decode(kept, skip_special_tokens=True).strip()
             results.append(Generated(text=text, n_tokens=len(ids), hit_max_tokens=not ended[row]))
         return results
