@@ -186,6 +186,9 @@ class DecodingParams(Section):
     temperature: float = Field(default=1.0, ge=0.0)  # 0 = greedy
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     max_new_tokens: int = Field(default=64, gt=0)
+    # Stop after this many sentences (a token ending in . ! or ?); 0 = no limit. For chatbots
+    # told to keep replies short: the reply ends at a sentence instead of mid-sentence at the cap.
+    max_sentences: int = Field(default=0, ge=0)
 
 
 class GuardrailParams(Section):
@@ -222,6 +225,11 @@ class ChatbotParams(Section):
     def _backend_fields(self) -> "ChatbotParams":
         if self.backend == "openai" and not (self.base_url and self.model):
             raise ValueError(f"chatbot {self.name!r}: backend openai needs base_url and model")
+        if self.backend != "hf" and self.decoding.max_sentences:
+            raise ValueError(
+                f"chatbot {self.name!r}: decoding.max_sentences is a local (hf) decoding rule; "
+                f"backend {self.backend} cannot honour it"
+            )
         return self
 
 
@@ -234,13 +242,13 @@ def _default_chatbots() -> list["ChatbotParams"]:
                 "You are a warm, supportive listener. Reflect the user's feelings, ask gentle "
                 "open questions and keep replies short."
             ),
-            decoding=DecodingParams(temperature=0.7, top_p=0.9, max_new_tokens=48),
+            decoding=DecodingParams(temperature=0.7, top_p=0.9, max_new_tokens=64, max_sentences=2),
         ),
         ChatbotParams(
             name="terse",
             backend="hf",
             system_prompt="You are a busy assistant. Answer in one short sentence.",
-            decoding=DecodingParams(temperature=1.0, top_p=1.0, max_new_tokens=24),
+            decoding=DecodingParams(temperature=1.0, top_p=1.0, max_new_tokens=48, max_sentences=1),
         ),
         ChatbotParams(name="replay", backend="replay"),
     ]
@@ -358,7 +366,8 @@ class EvaluateParams(Section):
 
 class PairsParams(Section):
     """Preference pairs (METHOD.md §5 steps 3–5). The paper: 8 alternatives at the highest- and
-    lowest-reward message of each session; decoding = the simulator's (`simulate.decoding`)."""
+    lowest-reward message of each session; decoding = the simulator's (`simulate.decoding`, filled
+    in by `Params` unless `pairs.decoding` is given)."""
 
     n_per_session: int = Field(default=1, ge=1)  # critical points per kind (highest, lowest) per session
     max_sessions: int = Field(default=0, ge=0)  # seeded subset of sessions that get alternatives; 0 = all
@@ -462,6 +471,22 @@ class Params(Section):
     dpo: DpoParams = Field(default_factory=DpoParams)
     judge: JudgeParams = Field(default_factory=JudgeParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pairs_sample_as_the_simulator(cls, data):
+        # Alternatives are the simulator's own samples (the paper): unless `pairs.decoding` is set,
+        # they use `simulate.decoding`, so the two cannot drift apart (one place to set it).
+        if not isinstance(data, dict):
+            return data
+        pairs = data.get("pairs")
+        if pairs is None or (isinstance(pairs, dict) and "decoding" not in pairs):
+            simulate = data.get("simulate") or {}
+            decoding = simulate.get("decoding") if isinstance(simulate, dict) else simulate.decoding
+            if decoding is None:
+                decoding = SimulateParams().decoding
+            data = {**data, "pairs": {**(pairs or {}), "decoding": decoding}}
+        return data
 
     @model_validator(mode="after")
     def _chatbot_names_unique(self) -> "Params":
