@@ -228,7 +228,7 @@ class ChatGenerator:
     def generate(
         self,
         conversations: Sequence[list[dict[str, str]]],
-        decoding: DecodingParams,
+        decoding: DecodingParams | Sequence[DecodingParams],
         seeds: Sequence[int],
         cache_keys: Sequence[str] | None = None,
         progress: bool = False,
@@ -236,10 +236,14 @@ class ChatGenerator:
     ) -> list[Generated]:
         """The next assistant message of each conversation (chat messages with roles).
 
+        `decoding`: one for all conversations, or one per conversation (several chatbots on one
+        model answer in one call: a decoding step costs about the same for more rows).
         `cache_keys` (one per conversation, optional) name conversations that continue across
         calls; their processed tokens are kept until `forget`."""
-        if len(conversations) != len(seeds) or (cache_keys is not None and len(cache_keys) != len(seeds)):
-            raise ValueError("one seed (and cache key, if any) per conversation is needed")
+        if isinstance(decoding, DecodingParams):
+            decoding = [decoding] * len(conversations)
+        if len(conversations) != len(seeds) or len(decoding) != len(seeds) or (cache_keys is not None and len(cache_keys) != len(seeds)):
+            raise ValueError("one seed and one decoding (and cache key, if any) per conversation are needed")
         if not conversations:
             return []
         prompts = self.prompt_ids(conversations)
@@ -247,9 +251,9 @@ class ChatGenerator:
             cache_keys = None
         if self.max_positions:
             for i, ids in enumerate(prompts):
-                if len(ids) + decoding.max_new_tokens > self.max_positions:
+                if len(ids) + decoding[i].max_new_tokens > self.max_positions:
                     raise ValueError(
-                        f"conversation {i}: {len(ids)} prompt tokens + {decoding.max_new_tokens} new tokens exceed "
+                        f"conversation {i}: {len(ids)} prompt tokens + {decoding[i].max_new_tokens} new tokens exceed "
                         f"the model's {self.max_positions} positions"
                     )
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths share a batch
@@ -258,7 +262,7 @@ class ChatGenerator:
         for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress or len(batches) < 2, leave=False):
             generated = self._generate_batch(
                 [prompts[i] for i in batch],
-                decoding,
+                [decoding[i] for i in batch],
                 [seeds[i] for i in batch],
                 [cache_keys[i] for i in batch] if cache_keys is not None else [None] * len(batch),
             )
@@ -267,6 +271,23 @@ class ChatGenerator:
         return results  # type: ignore[return-value]
 
     # -- internals ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _sample(logits, active, batch_rows, generators, decoding) -> list[int]:
+        """Next token of each active batch position; rows sharing temperature and top_p are drawn
+        together (the draw of a row depends only on its logits and its own generator)."""
+        groups: dict[tuple[float, float], list[int]] = {}
+        for index, position in enumerate(active):
+            row_decoding = decoding[batch_rows[position]]
+            groups.setdefault((row_decoding.temperature, row_decoding.top_p), []).append(index)
+        tokens = [0] * len(active)
+        for (temperature, top_p), indices in groups.items():
+            positions = [active[index] for index in indices]
+            rows_logits = logits if len(positions) == logits.shape[0] else logits[torch.tensor(positions, device=logits.device)]
+            drawn = sample_next(rows_logits, [generators[batch_rows[p]] for p in positions], temperature, top_p)
+            for index, token in zip(indices, drawn.tolist()):
+                tokens[index] = token
+        return tokens
 
     def _prefill(self, prompt: list[int], cached: _CachedPrefix | None) -> tuple[torch.Tensor, _CachedPrefix]:
         """Run the prompt's tokens not yet in `cached`; returns the last position's logits."""
@@ -302,7 +323,7 @@ class ChatGenerator:
 
     @torch.inference_mode()
     def _generate_batch(
-        self, prompts: list[list[int]], decoding: DecodingParams, seeds: list[int], cache_keys: list[str | None]
+        self, prompts: list[list[int]], decoding: list[DecodingParams], seeds: list[int], cache_keys: list[str | None]
     ) -> list[Generated]:
         from transformers import DynamicCache
 
@@ -322,7 +343,8 @@ class ChatGenerator:
         width = max(lengths)
         n_layers = len(row_prefix[0][1].keys)
         layer_kv = []
-        capacity = width + decoding.max_new_tokens
+        max_new_tokens = [row_decoding.max_new_tokens for row_decoding in decoding]
+        capacity = width + max(max_new_tokens)
         for layer in range(n_layers):
             keys = [prefix.keys[layer] for _, prefix in row_prefix]
             values = [prefix.values[layer] for _, prefix in row_prefix]
@@ -347,18 +369,17 @@ class ChatGenerator:
         generators = [torch.Generator().manual_seed(int(seed) % (2**63)) for seed in seeds]
         generated: list[list[int]] = [[] for _ in prompts]
         ended = [False] * len(prompts)
-        sentences_left = [decoding.max_sentences] * len(prompts)  # 0 = no limit
-        sentence_end_ids = self.sentence_end_ids() if decoding.max_sentences else set()
+        sentences_left = [row_decoding.max_sentences for row_decoding in decoding]  # 0 = no limit
+        sentence_end_ids = self.sentence_end_ids() if any(sentences_left) else set()
         kept_last = [False] * len(prompts)  # ended by a sentence: its last token is text, not an end token
         batch_rows = list(range(len(prompts)))  # batch position -> row
         active = list(range(len(prompts)))  # batch positions still generating
         end_ids = set(self.end_token_ids)
-        for step in range(decoding.max_new_tokens):
-            active_logits = logits if len(active) == len(batch_rows) else logits[torch.tensor(active, device=self.device)]
-            sampled = sample_next(active_logits, [generators[batch_rows[p]] for p in active], decoding.temperature, decoding.top_p)
+        for step in range(max(max_new_tokens)):
+            sampled = self._sample(logits, active, batch_rows, generators, decoding)
             next_tokens = [self.pad_token_id] * len(batch_rows)
             still = []
-            for position, token in zip(active, sampled.tolist()):
+            for position, token in zip(active, sampled):
                 row = batch_rows[position]
                 generated[row].append(token)
                 next_tokens[position] = token
@@ -366,11 +387,11 @@ class ChatGenerator:
                     ended[row] = True
                 elif token in sentence_end_ids and sentences_left[row] == 1:
                     ended[row] = kept_last[row] = True
-                else:
+                elif len(generated[row]) < max_new_tokens[row]:  # else: cut at its budget
                     if token in sentence_end_ids:
                         sentences_left[row] -= 1
                     still.append(position)
-            if not still or step == decoding.max_new_tokens - 1:
+            if not still:
                 break
             if len(still) <= len(batch_rows) // 2:
                 next_tokens = [next_tokens[position] for position in still]

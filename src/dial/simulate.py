@@ -37,7 +37,7 @@ from typing import Sequence
 import pandas as pd
 from tqdm.auto import tqdm
 
-from dial.chatbots import Chatbot, ChatbotError, ChatRequest
+from dial.chatbots import Chatbot, ChatbotError, ChatRequest, reply_all
 from dial.errors import DialError
 from dial.evaluation.stats import wilson_interval
 from dial.generation import ChatGenerator
@@ -314,12 +314,11 @@ class Simulation:
         return failures
 
     def _chatbot_turn(self, active: list[SessionState], turn: int) -> None:
-        for chatbot_id, chatbot in self.chatbots.items():
-            group = [state for state in active if state.chatbot_id == chatbot_id]
-            if not group:
-                continue
-            replies = chatbot.reply([state.chat_request(turn) for state in group])
-            self.stats.chatbot_calls += 1
+        groups = {chatbot_id: [state for state in active if state.chatbot_id == chatbot_id] for chatbot_id in self.chatbots}
+        groups = {chatbot_id: group for chatbot_id, group in groups.items() if group}
+        answers = reply_all([(self.chatbots[chatbot_id], [state.chat_request(turn) for state in group]) for chatbot_id, group in groups.items()])
+        self.stats.chatbot_calls += len(groups)
+        for (chatbot_id, group), replies in zip(groups.items(), answers):
             if len(replies) != len(group):
                 raise ChatbotError(chatbot_id, group[0].session_id, f"{len(replies)} replies for {len(group)} requests")
             for state, reply in zip(group, replies):

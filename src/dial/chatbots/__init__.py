@@ -8,7 +8,7 @@ from typing import Mapping, Sequence
 from dial.chatbots.base import Chatbot, ChatbotError, ChatReply, ChatRequest
 from dial.params import ChatbotParams
 
-__all__ = ["Chatbot", "ChatbotError", "ChatReply", "ChatRequest", "make_chatbots"]
+__all__ = ["Chatbot", "ChatbotError", "ChatReply", "ChatRequest", "make_chatbots", "reply_all"]
 
 
 def make_chatbots(
@@ -38,3 +38,19 @@ def make_chatbots(
         else:
             built.append(ReplayChatbot(params.name, real_assistant_messages))
     return built
+
+
+def reply_all(calls: Sequence[tuple[Chatbot, Sequence[ChatRequest]]]) -> list[list[ChatReply]]:
+    """Each (chatbot, requests) call's replies, in order. `hf` chatbots on one loaded model answer
+    together in one batched generation (a simulation round then costs one call for all of them);
+    other backends are called one by one."""
+    from dial.chatbots.hf import HFChatbot, reply_together
+
+    replies: list[list[ChatReply] | None] = [None] * len(calls)
+    local = [index for index, (chatbot, _) in enumerate(calls) if isinstance(chatbot, HFChatbot)]
+    for index, answered in zip(local, reply_together([calls[index] for index in local])):
+        replies[index] = answered
+    for index, (chatbot, requests) in enumerate(calls):
+        if replies[index] is None:
+            replies[index] = chatbot.reply(requests)
+    return replies  # type: ignore[return-value]
