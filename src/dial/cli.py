@@ -235,7 +235,7 @@ def pipeline(
 @guarded
 def evaluate_chatbot(
     chatbot: list[str] = typer.Option(..., "--chatbot", help="A chatbot name from params.yaml; give two for an A/B test (control first)."),
-    simulator: str = typer.Option("it3", help="zero-shot, sft, or a DIAL iteration (it1, ...)."),
+    simulator: str = typer.Option("", help="zero-shot, sft, or a DIAL iteration (it1, ...); default: the last iteration of params.yaml."),
     n_contexts: int = typer.Option(12, help="Held-out real contexts the simulator plays."),
     n_simulations: int = typer.Option(1, help="Sessions per context and chatbot."),
     out: Optional[Path] = typer.Option(None, help="Also write the sessions, judgements and summary.json here."),
@@ -245,7 +245,9 @@ def evaluate_chatbot(
     categories and, for two chatbots, the two-proportion z-test of control vs treatment."""
     from dial.evaluation.chatbot import evaluate_chatbots, render_summary
 
-    result = evaluate_chatbots(load_params(params_file), simulator, chatbot, n_contexts, n_simulations, out)
+    params = load_params(params_file)
+    simulator = simulator or simulator_ids(params.dial.iterations)[-1]
+    result = evaluate_chatbots(params, simulator, chatbot, n_contexts, n_simulations, out)
     typer.echo(render_summary(result))
 
 
