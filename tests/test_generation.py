@@ -63,6 +63,29 @@ def test_prefix_cache_gives_the_same_tokens_and_skips_work(generator):
     assert not generator._prefixes
 
 
+def test_the_generated_message_is_kept_in_the_prefix_with_the_keys_values_a_fresh_run_computes(generator):
+    # The next turn's prompt holds the message the model just wrote: its keys/values come from
+    # decoding (batched, left-padded), so the next call need not run them again. They must equal
+    # what running prompt + message through the model computes. (The tiny model's random tokens
+    # rarely survive decode + re-encode, so reuse by the next prompt is checked on the real model:
+    # bench/README, "Where a simulate stage's time goes".)
+    decoding = DecodingParams(temperature=1.0, max_new_tokens=8)
+    keys = ["g0", "g1", "g2"]
+    conversations = [conversation(i, extra=i) for i in range(3)]
+    prompts = generator.prompt_ids(conversations)
+    generator.generate(conversations, decoding, [1, 2, 3], cache_keys=keys)
+    for key, prompt in zip(keys, prompts):
+        kept = generator._prefixes[key]
+        assert kept.token_ids[: len(prompt)] == prompt and len(kept.token_ids) > len(prompt)
+        assert kept.keys[0].shape[1] == len(kept.token_ids)
+        with torch.no_grad():
+            fresh = generator.model(input_ids=torch.tensor([kept.token_ids]), use_cache=True).past_key_values
+        for layer, kept_keys, kept_values in zip(fresh.layers, kept.keys, kept.values):
+            torch.testing.assert_close(kept_keys, layer.keys[0], atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(kept_values, layer.values[0], atol=1e-4, rtol=1e-4)
+    generator.forget()
+
+
 def test_a_call_mixing_cached_and_fresh_conversations_gives_each_its_own_tokens(generator):
     # Rows with a cached prefix, rows without and rows of different lengths share one call;
     # each gets the tokens it gets alone, with no cache at all.

@@ -375,6 +375,25 @@ class ChatGenerator:
         batch_rows = list(range(len(prompts)))  # batch position -> row
         active = list(range(len(prompts)))  # batch positions still generating
         end_ids = set(self.end_token_ids)
+        # Generated tokens whose keys/values are in the cache (fed back as input), and the prefix
+        # (prompt + those tokens) kept per keyed row when it leaves the batch: the next turn's
+        # prompt contains this message, so it need not be run through the model again.
+        fed = [0] * len(prompts)
+        keep_kv = any(key is not None for key in cache_keys)
+        kept_prefix: dict[int, _CachedPrefix] = {}
+
+        def keep(positions) -> None:
+            for position in positions:
+                row = batch_rows[position]
+                if cache_keys[row] is None or row in kept_prefix:
+                    continue
+                start, end = width - lengths[row], width + fed[row]
+                kept_prefix[row] = _CachedPrefix(
+                    list(prompts[row]) + generated[row][: fed[row]],
+                    [layer._key_buffer[position, :, start:end].clone() for layer in cache.layers],
+                    [layer._value_buffer[position, :, start:end].clone() for layer in cache.layers],
+                )
+
         for step in range(max(max_new_tokens)):
             sampled = self._sample(logits, active, batch_rows, generators, decoding)
             next_tokens = [self.pad_token_id] * len(batch_rows)
@@ -394,6 +413,8 @@ class ChatGenerator:
             if not still:
                 break
             if len(still) <= len(batch_rows) // 2:
+                if keep_kv:
+                    keep([position for position in range(len(batch_rows)) if position not in set(still)])
                 next_tokens = [next_tokens[position] for position in still]
                 index = torch.tensor(still, device=self.device)
                 cache.batch_select_indices(index)
@@ -412,11 +433,15 @@ class ChatGenerator:
             )
             cache = output.past_key_values
             logits = output.logits[:, -1]
+            for position in active:
+                fed[batch_rows[position]] += 1
 
-        # 4. Keep each keyed conversation's prompt prefix for its next call.
-        for key, (_, prefix) in zip(cache_keys, row_prefix):
+        # 4. Keep each keyed conversation's prompt (and generated message) for its next call.
+        if keep_kv:
+            keep(range(len(batch_rows)))
+        for row, (key, (_, prefix)) in enumerate(zip(cache_keys, row_prefix)):
             if key is not None:
-                self._prefixes[key] = prefix
+                self._prefixes[key] = kept_prefix.get(row, prefix)
 
         results = []
         for row, ids in enumerate(generated):

@@ -314,6 +314,7 @@ def evaluate(
     user_turns: int | None = None,
     perplexity: Mapping[str, dict] | None = None,
     structure: Mapping[str, pd.DataFrame] | None = None,
+    discriminator_scores: Mapping[str, pd.DataFrame] | None = None,
 ) -> dict:
     """The full metrics structure (module docstring).
 
@@ -328,6 +329,8 @@ def evaluate(
     checked; None = not cut. `perplexity` (simulator → `perplexity.held_out_perplexity`'s result)
     is carried as is into that simulator's group. `structure` (group → `structure.per_session`
     frame, of the same cut sessions) gives each group its session shape with intervals.
+    `discriminator_scores` (simulator → its discriminator's held-out message scores,
+    `valid_scores.csv`) add the balanced accuracy with a session-bootstrap interval.
     Returns {"order", "groups": {"real": {...}, <simulator>: {...}}, "judge", "settings"}.
     """
     params = params or EvaluateParams()
@@ -415,6 +418,12 @@ def evaluate(
         if structure and name in structure:
             groups[name]["structure"] = session_structure.summarise(structure[name], params.bootstrap_samples, params.seed, name)
         groups[name]["discriminator"] = _discriminator(discriminator_reports.get(name))
+        scores = (discriminator_scores or {}).get(name)
+        if scores is not None and groups[name]["discriminator"] and groups[name]["discriminator"].get("overall"):
+            balanced = intervals.discriminator_balanced_accuracy(scores, params.bootstrap_samples, params.seed, name)
+            if balanced is not None:
+                groups[name]["discriminator"]["overall"].update(balanced[0])
+                samples[name].replicates["discriminator_balanced_accuracy"] = balanced[1]
         predictions = termination.get(name)
         groups[name]["termination"] = realism.termination_f1(predictions) if predictions is not None else None
         if predictions is not None:

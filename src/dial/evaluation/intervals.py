@@ -224,6 +224,38 @@ def kl_replicates(real_counts: np.ndarray, sim_counts: np.ndarray, smoothing: fl
     return values
 
 
+def discriminator_balanced_accuracy(scores: pd.DataFrame, n_resamples: int, seed: int, name: str) -> tuple[dict, np.ndarray] | None:
+    """Balanced accuracy of a discriminator on its held-out messages (`valid_scores.csv`: session_id,
+    is_real, status, logit; predicted real iff logit >= 0, as its accuracy): the mean of its
+    accuracy on real and on simulated messages. A constant guess scores 0.5 whatever the class
+    sizes, which plain accuracy does not: a simulator that writes fewer messages than the real
+    users lets "always real" score above 0.5. Interval: bootstrap over sessions, each class
+    resampled on its own. Returns (values, replicates), or None without both classes."""
+    scored = scores[(scores["status"] == "scored") & scores["logit"].notna()]
+    if scored.empty:
+        return None
+    correct = (scored["logit"].to_numpy() >= 0) == scored["is_real"].astype(bool).to_numpy()
+    per_session = (
+        scored.assign(correct=correct.astype(float), n=1.0).groupby(["is_real", "session_id"], sort=True)[["correct", "n"]].sum()
+    )
+    recalls, replicates = [], []
+    for label in (True, False):
+        if label not in per_session.index.get_level_values("is_real"):
+            return None
+        sessions = per_session.xs(label, level="is_real")
+        recalls.append(float(sessions["correct"].sum() / sessions["n"].sum()))
+        weights = stats.resample_weights(len(sessions), n_resamples, stats.stable_rng(seed, name, "balanced", str(label)))
+        replicates.append(stats.ratio_replicates(weights, sessions["correct"].to_numpy(), sessions["n"].to_numpy()))
+    draws = (replicates[0] + replicates[1]) / 2
+    values = {
+        "balanced_accuracy": round((recalls[0] + recalls[1]) / 2, 6),
+        "accuracy_real": round(recalls[0], 6),
+        "accuracy_simulated": round(recalls[1], 6),
+    }
+    _set_interval(values, "balanced_accuracy", stats.percentile_interval(draws))
+    return values, draws
+
+
 # --------------------------------------------------------------------------------------------
 # Comparison with the baseline
 # --------------------------------------------------------------------------------------------
@@ -255,6 +287,9 @@ def _path(*keys):
 VERDICT_METRICS = (
     VerdictMetric("discriminator_accuracy", "discriminator accuracy overall: distance to 50%", "lower",
                   _path("discriminator", "overall", "accuracy"), "discriminator_accuracy", "half",
+                  _path("discriminator", "overall", "n"), "messages"),
+    VerdictMetric("discriminator_balanced_accuracy", "discriminator balanced accuracy: distance to 50%", "lower",
+                  _path("discriminator", "overall", "balanced_accuracy"), "discriminator_balanced_accuracy", "half",
                   _path("discriminator", "overall", "n"), "messages"),
     *(
         VerdictMetric(metric, f"{metric.replace('_', ' ').replace('type token', 'type-token')}: distance to real", "lower",

@@ -619,10 +619,12 @@ def render_markdown(metrics: dict, figures: Mapping[str, str], category_simulato
     lines += ["## Discriminator (paper table 2)", ""]
     header = ["discriminator"] + [f"{t.replace('_', ' ')} {m}" for t in DISCRIMINATOR_TURNS for m in ("acc", "F1", "MCC")]
     structure = any(_get(metrics, n, "discriminator", "structure_baseline") for n in order)
-    header += ["n (messages)"] + (["structure-only acc"] if structure else [])
+    balanced = any(_get(metrics, n, "discriminator", "overall", "balanced_accuracy") is not None for n in order)
+    header += (["overall balanced acc"] if balanced else []) + ["n (messages)"] + (["structure-only acc"] if structure else [])
     lines.append(_table(
         header,
         [[n] + [_discriminator_cell(metrics, n, t, m) for t in DISCRIMINATOR_TURNS for m in ("accuracy", "f1", "mcc")]
+         + ([_with_interval(_get(metrics, n, "discriminator", "overall"), "balanced_accuracy", "pct1")] if balanced else [])
          + [_fmt(_get(metrics, n, "discriminator", "overall", "n"), "int")]
          + ([_with_interval(_get(metrics, n, "discriminator", "structure_baseline"), "accuracy", "pct1")] if structure else [])
          for n in order],
@@ -632,6 +634,10 @@ def render_markdown(metrics: dict, figures: Mapping[str, str], category_simulato
               "[95% Wilson interval over the held-out user messages]."
               + (f" Simulated sessions have at most {limit} user turns: later turns are \"{NOT_SIMULATED}\"." if limit else ""),
               ""]
+    if balanced:
+        lines += ["Balanced acc: the mean of the accuracy on real and on simulated messages [95% bootstrap over sessions,",
+                  "each class on its own]. A constant guess scores 50% on it; plain accuracy rewards always guessing the",
+                  "class with more messages (a simulator whose users write fewer messages than the real ones).", ""]
     if structure:
         lines += ["Structure-only acc: a logistic regression on structural features only, on the same held-out sessions.", ""]
     explained = structure_sentence(metrics)

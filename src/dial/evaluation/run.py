@@ -214,6 +214,11 @@ def run_evaluate(params: Params, simulator_ids: Sequence[str], data_dir: Path, r
         io.TERMINATION_PREDICTIONS.write(pd.concat(termination.values(), ignore_index=True), Path(data_dir) / TERMINATION_FILE)
 
     discriminator_reports = {simulator: _read_report(paths.discriminator_report(simulator)) for simulator in simulator_ids}
+    discriminator_scores = {
+        simulator: pd.read_csv(paths.discriminator_scores_file(simulator), dtype={"session_id": str})
+        for simulator in simulator_ids
+        if paths.discriminator_scores_file(simulator).exists()
+    }
     simulate_reports = {simulator: _read_report(paths.simulate_report(simulator)) for simulator in simulator_ids}
     # A simulated session (as its discriminator saw it) has at most this many user messages.
     simulated_user_turns = params.simulate.max_turns
@@ -240,6 +245,7 @@ def run_evaluate(params: Params, simulator_ids: Sequence[str], data_dir: Path, r
         user_actions=user_actions,
         item_sessions=item_sessions,
         discriminator_reports=discriminator_reports,
+        discriminator_scores=discriminator_scores,
         termination=termination or None,
         perplexity=perplexity or None,
         params=params.evaluate,
