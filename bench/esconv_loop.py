@@ -65,19 +65,22 @@ def main() -> None:
         return metrics.get(key)
 
     print("95 % intervals in brackets; n = held-out user messages (discriminator) / validation sessions (structure).")
-    header = ["group", "disc acc [95% CI]", "n", "structure-only [95% CI]", "n", "perplexity [95% CI]",
+    header = ["group", "disc acc [95% CI]", "balanced acc [95% CI]", "n", "structure-only [95% CI]", "n", "perplexity [95% CI]",
               "term F1", "user cut", "entropy", "TTR", "bigram"]
     print(" | ".join(header))
     for group in ["real", *simulators]:
         lexical = [metric(f"{group}.lexical.{m}_mean") for m in ("word_entropy", "type_token_ratio", "bigram_diversity")]
         if group == "real":
-            cells = ["—"] * 7
+            cells = ["—"] * 8
         else:
             overall = discriminators[group]["metrics"]["overall"]
             base = discriminators[group].get("structure_baseline") or {}
             prefix = f"{group}.discriminator.overall.accuracy"
             cells = [
                 interval(overall["accuracy"], metric(f"{prefix}_ci_low"), metric(f"{prefix}_ci_high")),
+                interval(metric(f"{group}.discriminator.overall.balanced_accuracy"),
+                         metric(f"{group}.discriminator.overall.balanced_accuracy_ci_low"),
+                         metric(f"{group}.discriminator.overall.balanced_accuracy_ci_high")),
                 str(overall["n"]),
                 interval(base.get("accuracy"), base.get("ci_low"), base.get("ci_high")),
                 str(base.get("n", "—")),
