@@ -31,6 +31,7 @@ from dial.pairs import (
     REWARDS_TIED,
     SCORED,
     TOO_FEW_SCORED,
+    TRUNCATED,
     CriticalPoint,
     PairsParams,
     build_pairs,
@@ -289,6 +290,27 @@ def test_alternatives_are_seeded_per_point_and_share_one_prefill(discriminator, 
     pd.testing.assert_frame_equal(candidates, again)
     other_seed, _ = sample_alternatives(simulator, points, tiny_params(seed=1), MARKER, progress=False)
     assert list(other_seed["text"]) != list(candidates["text"])
+
+
+def test_alternatives_cut_at_the_token_budget_are_truncated_and_never_paired(simulator):
+    sessions, messages, contexts = toy_simulated(n_sessions=2)
+    points = [point_of(sessions, messages, contexts, i, 2) for i in range(2)]
+    generous, _ = sample_alternatives(simulator, points, tiny_params(), MARKER, progress=False)
+    cut, prompt_tokens = sample_alternatives(
+        simulator, points, tiny_params(decoding=DecodingParams(temperature=1.0, top_p=0.95, max_new_tokens=2)),
+        MARKER, progress=False,
+    )
+    # Same seeds: the 2-token budget cuts whatever the 12-token one let run past 2 tokens.
+    ran_long = (generous["n_tokens"] > 2).to_numpy()
+    assert ran_long.any()
+    assert (cut.loc[ran_long, "status"] == TRUNCATED).all()
+    assert set(cut.loc[~ran_long, "status"]) <= {SCORED, DUPLICATE, EMPTY}
+    # A point whose alternatives were all cut has nothing to pair, whatever their rewards would be.
+    for point in points:
+        rows = cut[(cut["session_id"] == point.session_id) & (cut["turn_index"] == point.turn_index)].copy()
+        rows["reward"] = np.linspace(-1.0, 1.0, len(rows))
+        if (rows["status"] == TRUNCATED).all():
+            assert select_pair(rows).outcome == TOO_FEW_SCORED
 
 
 def test_prompts_over_max_tokens_are_not_sampled(simulator):

@@ -28,7 +28,10 @@ For simulator S and the discriminator D_S trained on S's sessions:
    Text handling is the simulation's (`prompting.parse_user_turn`): an alternative's text is its
    turn as `join_user_turn` writes it — its messages joined by the separator, and the end marker
    as the last piece when it ends the conversation (ending is one more action, kept whole into the
-   pair and DPO). An alternative with neither message nor marker is `empty`, not scored. Identical texts at
+   pair and DPO). An alternative with neither message nor marker is `empty`, not scored. One that
+   stopped at `max_new_tokens` mid-message is `truncated`, not scored either: as a chosen
+   completion DPO would teach the simulator to stop mid-sentence (or to write long turns), an
+   artifact of our budget, not something real users do. Identical texts at
    one point are scored once: later copies are `duplicate` (same tokens, hence the same reward,
    which they carry) and never form a pair with their twin. Points whose prompt alone reaches the
    DPO `max_tokens` (or the simulator's position window) are not sampled at all: their candidates
@@ -125,11 +128,13 @@ KINDS = ("highest", "lowest")
 SCORED = "scored"
 DUPLICATE = "duplicate"
 EMPTY = "empty"
+TRUNCATED = "truncated"
 OVER_DISCRIMINATOR_BUDGET = "over_discriminator_budget"
 PROMPT_OVER_MAX_TOKENS = "prompt_over_max_tokens"
 PROMPT_OVER_SIMULATOR_WINDOW = "prompt_over_simulator_window"
 CANDIDATE_STATUSES = (
-    SCORED, DUPLICATE, EMPTY, OVER_DISCRIMINATOR_BUDGET, PROMPT_OVER_MAX_TOKENS, PROMPT_OVER_SIMULATOR_WINDOW,
+    SCORED, DUPLICATE, EMPTY, TRUNCATED, OVER_DISCRIMINATOR_BUDGET, PROMPT_OVER_MAX_TOKENS,
+    PROMPT_OVER_SIMULATOR_WINDOW,
 )
 _NOT_SAMPLED = (PROMPT_OVER_MAX_TOKENS, PROMPT_OVER_SIMULATOR_WINDOW)
 
@@ -285,6 +290,8 @@ def sample_alternatives(
                 continue
             output, seed = by_job[(index, j)]
             text, status = candidate_text(output.text, end_marker, message_separator)
+            if status is None and output.hit_max_tokens:
+                status = TRUNCATED
             if status is None:
                 status = DUPLICATE if text in seen else SCORED
                 seen.add(text)

@@ -263,7 +263,8 @@ class TerminationPredictionsSchema(_Strict):
 
 
 CANDIDATE_STATUSES = (
-    "scored", "duplicate", "empty", "over_discriminator_budget", "prompt_over_max_tokens", "prompt_over_simulator_window",
+    "scored", "duplicate", "empty", "truncated", "over_discriminator_budget", "prompt_over_max_tokens",
+    "prompt_over_simulator_window",
 )
 CRITICAL_KINDS = ("highest", "lowest")
 
