@@ -216,6 +216,32 @@ def test_sentence_end_tokens(text, ends):
     assert _ends_sentence(text) is ends
 
 
+@pytest.mark.parametrize("max_sentences, n_tokens, hit_max_tokens", [(1, 2, False), (2, 5, False), (3, 6, True)])
+def test_a_line_break_after_text_ends_a_sentence_but_not_after_a_full_stop(generator, max_sentences, n_tokens, hit_max_tokens):
+    tokenizer = generator.tokenizer
+    word, period = tokenizer.encode(" hello", add_special_tokens=False)[0], tokenizer.convert_tokens_to_ids(".")
+    newline = tokenizer.encode("\n", add_special_tokens=False)
+    assert len(newline) == 1 and newline[0] in generator.line_end_ids() and word not in generator.line_end_ids()
+    forced = [word, period, newline[0], word, newline[0], word]  # "hello.\nhello\nhello"
+    calls = []
+
+    def steer(module, args, kwargs, output):
+        # The prefill's output picks token 1, decode call k picks token k + 1.
+        output.logits[:, -1, forced[len(calls)]] = 1e4
+        calls.append(1)
+        return output
+
+    handle = generator.model.register_forward_hook(steer, with_kwargs=True)
+    try:
+        decoding = DecodingParams(temperature=1.0, max_new_tokens=6, max_sentences=max_sentences)
+        result = generator.generate([conversation(2)], decoding, [5])[0]
+    finally:
+        handle.remove()
+    # Boundaries: the full stop (token 2) and the line break after the second "hello" (token 5);
+    # the line break right after the full stop (token 3) is not a second one.
+    assert (result.n_tokens, result.hit_max_tokens) == (n_tokens, hit_max_tokens)
+
+
 @pytest.mark.parametrize("max_sentences, n_tokens, hit_max_tokens", [(1, 2, False), (2, 4, False), (0, 6, True)])
 def test_max_sentences_ends_a_reply_at_a_sentence_not_at_the_cap(generator, max_sentences, n_tokens, hit_max_tokens):
     period = generator.tokenizer.convert_tokens_to_ids(".")

@@ -194,7 +194,7 @@ class ChatGenerator:
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.end_token_ids[0]
         self.max_positions = getattr(model.config, "max_position_embeddings", None)
         self._prefixes: dict[str, _CachedPrefix] = {}
-        self._sentence_end_ids: set[int] | None = None  # built on first use (decodes the vocabulary)
+        self._boundaries: tuple[set[int], set[int], set[int]] | None = None  # built on first use (decodes the vocabulary)
         self.tokens_prefilled = 0  # prompt tokens actually run through the model (for benchmarks)
         self.tokens_reused = 0  # prompt tokens served from a cached prefix
 
@@ -213,11 +213,22 @@ class ChatGenerator:
     def sentence_end_ids(self) -> set[int]:
         """Tokens that end a sentence: their text ends in . ! or ? (a closing quote or bracket may
         follow), not in an ellipsis ("..", "…"), which usually goes on."""
-        if self._sentence_end_ids is None:
+        return self._boundary_tokens()[0]
+
+    def line_end_ids(self) -> set[int]:
+        """Tokens with a line break that are not sentence ends: they end a line of text."""
+        return self._boundary_tokens()[1]
+
+    def _boundary_tokens(self) -> tuple[set[int], set[int], set[int]]:
+        """(sentence ends, line ends, blank tokens), from the decoded vocabulary, built once."""
+        if self._boundaries is None:
             ids = range(len(self.tokenizer))
             texts = self.tokenizer.batch_decode([[i] for i in ids])
-            self._sentence_end_ids = {i for i, text in zip(ids, texts) if _ends_sentence(text)}
-        return self._sentence_end_ids
+            sentence = {i for i, text in zip(ids, texts) if _ends_sentence(text)}
+            line = {i for i, text in zip(ids, texts) if "\n" in text and i not in sentence}
+            blank = {i for i, text in zip(ids, texts) if not text.strip()}
+            self._boundaries = (sentence, line, blank)
+        return self._boundaries
 
     def prompt_ids(self, conversations: Sequence[list[dict[str, str]]]) -> list[list[int]]:
         texts = self.tokenizer.apply_chat_template(list(conversations), tokenize=False, add_generation_prompt=True)
@@ -369,8 +380,12 @@ class ChatGenerator:
         generators = [torch.Generator().manual_seed(int(seed) % (2**63)) for seed in seeds]
         generated: list[list[int]] = [[] for _ in prompts]
         ended = [False] * len(prompts)
+        # max_sentences counts sentences, and lines: a line break after some text ends one too
+        # (a reply that lists, writes code or loops over short lines would otherwise never stop
+        # before the cap; a line break right after a full stop is not counted twice).
         sentences_left = [row_decoding.max_sentences for row_decoding in decoding]  # 0 = no limit
-        sentence_end_ids = self.sentence_end_ids() if any(sentences_left) else set()
+        sentence_end_ids, line_end_ids, blank_ids = self._boundary_tokens() if any(sentences_left) else (set(), set(), set())
+        text_since_boundary = [False] * len(prompts)
         kept_last = [False] * len(prompts)  # ended by a sentence: its last token is text, not an end token
         batch_rows = list(range(len(prompts)))  # batch position -> row
         active = list(range(len(prompts)))  # batch positions still generating
@@ -402,12 +417,18 @@ class ChatGenerator:
                 row = batch_rows[position]
                 generated[row].append(token)
                 next_tokens[position] = token
+                boundary = False
+                if sentences_left[row]:
+                    text_since_boundary[row] |= token not in blank_ids
+                    boundary = token in sentence_end_ids or (token in line_end_ids and text_since_boundary[row])
+                    if boundary:
+                        text_since_boundary[row] = False
                 if token in end_ids:
                     ended[row] = True
-                elif token in sentence_end_ids and sentences_left[row] == 1:
+                elif boundary and sentences_left[row] == 1:
                     ended[row] = kept_last[row] = True
                 elif len(generated[row]) < max_new_tokens[row]:  # else: cut at its budget
-                    if token in sentence_end_ids:
+                    if boundary:
                         sentences_left[row] -= 1
                     still.append(position)
             if not still:

@@ -186,8 +186,9 @@ class DecodingParams(Section):
     temperature: float = Field(default=1.0, ge=0.0)  # 0 = greedy
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     max_new_tokens: int = Field(default=64, gt=0)
-    # Stop after this many sentences (a token ending in . ! or ?); 0 = no limit. For chatbots
-    # told to keep replies short: the reply ends at a sentence instead of mid-sentence at the cap.
+    # Stop after this many sentences (a token ending in . ! or ?) or lines (a line break after some
+    # text); 0 = no limit. For chatbots told to keep replies short: the reply ends at a sentence
+    # instead of mid-sentence at the cap.
     max_sentences: int = Field(default=0, ge=0)
 
 
