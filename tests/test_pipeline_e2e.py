@@ -9,7 +9,8 @@ difference between the two experiments.
 The smoke configuration guarantees what these tests need whatever the numerics (bf16 and fp32
 machines sample different sessions and pairs): pairs are kept whenever the chosen alternative
 beats the rejected one (`require_opposite_signs: false`, instead of the paper's sign filter, which
-a 2-layer discriminator trained on 3 pairs may leave empty), and DPO makes 2 epochs, so one kept
+a 2-layer discriminator trained on 3 pairs may leave empty), alternatives end at their first
+sentence (a cut one is never paired), and DPO makes 2 epochs, so one kept
 pair already gives the 2 steps the beta experiment needs. `pytest --precision fp32|bf16` runs the
 pipeline in that precision (every `*.precision` of the smoke params).
 """
@@ -31,7 +32,9 @@ SMOKE = {
     "simulate": {"n_contexts": 4, "max_turns": 2, "decoding": {"max_new_tokens": 10}},
     "dial": {"iterations": 1},
     "discriminator": {"n_layers": 2, "n_train": 3, "n_valid": 1, "max_tokens": 512},
-    "pairs": {"n_alternatives": 4, "max_sessions": 3, "decoding": {"max_new_tokens": 10},
+    # An alternative cut at max_new_tokens is never paired, and a 6-sample SFT rambles: one sentence
+    # ends most alternatives well before 48 tokens.
+    "pairs": {"n_alternatives": 4, "max_sessions": 3, "decoding": {"max_new_tokens": 48, "max_sentences": 1},
               "require_opposite_signs": False},
     # No warmup: with warmup the first step has learning rate 0, and a 2-step run logs the same
     # rewards for any beta, so the beta experiment below could not show a metrics difference.
