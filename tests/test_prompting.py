@@ -1,8 +1,12 @@
 """One rule (`parse_user_turn`) for every stage that reads a generated user turn: its messages and
 whether it ends the conversation; the round trip SFT target -> simulated messages."""
 
+import string
+
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dial.evaluation.realism import termination_predictions
 from dial.generation import Generated
@@ -10,6 +14,7 @@ from dial.pairs import candidate_text
 from dial.params import DecodingParams, SftSamplesParams, SimulateParams
 from dial.prompting import (
     UserTurn,
+    contains_marker,
     join_user_turn,
     parse_user_turn,
     render_instruction,
@@ -169,3 +174,44 @@ def test_the_history_renders_a_user_burst_as_the_one_turn_the_simulator_wrote():
     turns = [parse_user_turn(m["content"], END, sep).messages for m in rendered if m["role"] == "assistant"]
     assert turns == [("hi", "you there?"), ("ok",)]
     assert rendered[3]["content"] == join_user_turn(["hi", "you there?"], False, END, sep)
+
+
+# Debris the default SFT simulator wrote (reports of the default run): malformed and cut markers.
+@pytest.mark.parametrize(
+    ("generated", "expected"),
+    [
+        ("</|msg|>But its personal things", UserTurn(("But its personal things",), False)),
+        ("ok|msg|>bye", UserTurn(("ok", "bye"), False)),
+        ("hey </|msg| > you there?", UserTurn(("hey", "you there?"), False)),
+        ("I can play guitar<|", UserTurn(("I can play guitar",), False)),
+        ("see you <|ms", UserTurn(("see you",), False)),
+        ("</|msg| >|endconversation|></|msg|>Slaughter<|msg|", UserTurn((), True)),
+        ("ok bye endconversation|>", UserTurn(("ok bye",), True)),
+        ("</|msg|", UserTurn((), False)),
+        # Text a user writes stays as written.
+        ("a | b", UserTurn(("a | b",), False)),
+        ("i <3 u", UserTurn(("i <3 u",), False)),
+        ("msg me later, endconversation is a word", UserTurn(("msg me later, endconversation is a word",), False)),
+        ("a <b> c </b>", UserTurn(("a <b> c </b>",), False)),
+    ],
+)
+def test_malformed_and_cut_markers_count_as_markers_and_leave_no_debris(generated, expected):
+    assert parse_user_turn(generated, END, SEP) == expected
+
+
+def test_contains_marker_reads_markers_as_parse_user_turn_does():
+    assert contains_marker(f"you{SEP}there", END, SEP) and contains_marker("you |msg|> there", END, SEP)
+    assert contains_marker(f"bye {END}", END, SEP) and contains_marker("bye |endconversation", END, SEP)
+    assert not contains_marker("a | b <3 msg me", END, SEP)
+
+
+# No "|" and no "<": text that can hold no marker, written or malformed.
+_plain_message = st.text(alphabet=string.ascii_letters + string.digits + " .,!?'>/:()-", min_size=1, max_size=30).map(
+    str.strip
+).filter(lambda message: message.strip("<>|/ ") != "")
+
+
+@settings(max_examples=200, deadline=None)
+@given(messages=st.lists(_plain_message, min_size=1, max_size=4), ends=st.booleans())
+def test_a_joined_turn_of_plain_messages_parses_back_exactly(messages, ends):
+    assert parse_user_turn(join_user_turn(messages, ends, END, SEP), END, SEP) == UserTurn(tuple(messages), ends)

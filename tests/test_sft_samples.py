@@ -137,3 +137,12 @@ def test_block_additive_counts_equal_the_exact_per_sample_path(tiny_tokenizer, m
     assert fast_report == exact_report
     if max_tokens < 1000:
         assert fast_report["samples_with_history_dropped"] > 0
+
+
+def test_a_real_message_containing_a_malformed_marker_is_skipped_too(tiny_tokenizer):
+    """Markers count malformed when a generated turn is read (`parse_user_turn`), so a real message
+    holding one would read back as other messages: skipped and counted like the exact separator."""
+    sessions, messages, contexts, splits = corpus()
+    messages.loc[messages["text"] == "you there?", "text"] = "you |msg|> there?"
+    samples, report = build_sft_samples(sessions, messages, contexts, splits, SftSamplesParams(), tiny_tokenizer, progress=False)
+    assert "s1:0000" not in set(samples["sample_id"]) and report["samples_with_separator_in_a_message_skipped"] == 1

@@ -26,11 +26,21 @@ turn's messages (blank pieces dropped); anything after the marker is dropped. "A
 "only at the start": a model that writes "ok bye <marker>" has ended the conversation, and a
 probe that only counted a leading marker would call that a continuation while the simulation
 stops there.
+
+A marker counts as written when it is malformed the way a small model writes it: its name with a
+`|` beside it and any of `<`, `/`, `>` around ("</|msg|", "|msg|>", ">|endconversation|>"), and a
+marker cut at the token cap at a message's end ("guitar<|") is dropped, as is a piece made only of
+marker characters. The default SFT simulator wrote such debris into 7 % of its messages (9 % after
+two DIAL iterations): text no real user writes, which a discriminator spots and DPO cannot fix
+through the pairs' rewards alone. A real message that contains a marker in any of these forms is
+quarantined by the SFT sample builder (`contains_marker`).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Sequence
 
 DEFAULT_END_MARKER = "<|endconversation|>"
@@ -98,16 +108,47 @@ def join_user_turn(
     return separator.join([*messages, end_marker] if ends else messages)
 
 
+_MARKER_CHARACTERS = "<>|/ "
+
+
+@lru_cache(maxsize=16)
+def _marker_pattern(marker: str) -> re.Pattern:
+    """The marker as written, or malformed (module docstring): its name with a `|` beside it."""
+    name = marker.strip(_MARKER_CHARACTERS)
+    if not name or name == marker:  # a marker without delimiters: only its exact form
+        return re.compile(re.escape(marker))
+    name = re.escape(name)
+    return re.compile(rf"{re.escape(marker)}|(?:<\s*/?\s*)?\|\s*{name}\s*\|?\s*>?|(?:<\s*/?\s*|(?<![A-Za-z])){name}\s*\|\s*>?")
+
+
+# A marker's start cut at the token cap: "<|", "</", "<|ms" at the very end of a message.
+_CUT_MARKER = re.compile(r"<\s*(?:/\s*\|?|\|)\s*([A-Za-z]*)$")
+
+
+def contains_marker(text: str, end_marker: str = DEFAULT_END_MARKER, separator: str = DEFAULT_MESSAGE_SEPARATOR) -> bool:
+    """Whether `parse_user_turn` would read a marker (as written or malformed) in `text`."""
+    return any(_marker_pattern(marker).search(text) for marker in (end_marker, separator))
+
+
 def parse_user_turn(
     generated: str, end_marker: str = DEFAULT_END_MARKER, separator: str = DEFAULT_MESSAGE_SEPARATOR
 ) -> UserTurn:
     """The one end-of-conversation rule (module docstring): the marker anywhere ends the
     conversation; the text before the first marker, split on the separator, is the turn's
-    messages (blank pieces dropped). Inverse of `join_user_turn` for stripped, non-blank messages."""
-    ends = end_marker in generated
-    text = generated.split(end_marker, 1)[0] if ends else generated
-    pieces = (piece.strip() for piece in text.split(separator))
-    return UserTurn(messages=tuple(piece for piece in pieces if piece), ends=ends)
+    messages (blank pieces, marker debris dropped). Markers count malformed too. Inverse of
+    `join_user_turn` for stripped messages that contain no marker."""
+    end = _marker_pattern(end_marker).search(generated)
+    text = generated[: end.start()] if end else generated
+    names = [marker.strip(_MARKER_CHARACTERS) for marker in (end_marker, separator)]
+    messages = []
+    for piece in _marker_pattern(separator).split(text):
+        cut = _CUT_MARKER.search(piece)
+        if cut and any(name.startswith(cut.group(1)) for name in names):
+            piece = piece[: cut.start()]
+        piece = piece.strip()
+        if piece.strip(_MARKER_CHARACTERS):
+            messages.append(piece)
+    return UserTurn(messages=tuple(messages), ends=end is not None)
 
 
 def is_end_of_conversation(generated: str, end_marker: str = DEFAULT_END_MARKER) -> bool:

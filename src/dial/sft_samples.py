@@ -11,8 +11,9 @@ earlier user turn is one assistant message in that same joined form (`simulator_
 session's end sample (its prompt plus completion) is the whole session as the simulator writes it:
 SFT with `sft.unit: session` trains on it as one sequence.
 
-A real message that contains the separator would split into two messages when read back: its
-sample is skipped and counted (`samples_with_separator_in_a_message_skipped`), never corrupted.
+A real message that contains the separator or the end marker, as written or malformed the way
+`parse_user_turn` reads them ("|msg|>"), would read back as other messages: its sample is skipped
+and counted (`samples_with_separator_in_a_message_skipped`), never corrupted.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from tqdm.auto import tqdm
 
 from dial.checks import CheckError
 from dial.params import SftSamplesParams
-from dial.prompting import join_user_turn, simulator_messages
+from dial.prompting import contains_marker, join_user_turn, simulator_messages
 from dial.schemas import SftSamplesSchema
 
 
@@ -148,8 +149,8 @@ def build_sft_samples(
         split = split_of[session.user_id]
         targets = []
         for target, completion, is_end, n_messages in turn_targets(history, params.end_marker, params.message_separator):
-            if any(params.message_separator in text for _, text in history[target : target + n_messages]):
-                with_separator += 1  # would read back as more messages than the user sent
+            if any(contains_marker(text, params.end_marker, params.message_separator) for _, text in history[target : target + n_messages]):
+                with_separator += 1  # would read back as other messages than the user sent
                 continue
             targets.append((target, completion, is_end, n_messages))
         if not targets:
