@@ -3,6 +3,7 @@ re-encoding the session truncated after each user message (one pass per turn).
 
     python bench/discriminator_bench.py                     # ~2-3 minutes on a 2-core CPU
     python bench/discriminator_bench.py --sessions 6 --threads 1 --view full
+    python bench/discriminator_bench.py --train-sessions 16   # + training throughput (~3 minutes more)
 
 Needs `models/base`, `data/scrubbed/` and `data/contexts/contexts.parquet` (read only). Real
 sessions with at least `--min-user-turns` user messages are drawn (seeded) among those whose
@@ -15,11 +16,20 @@ one is the same). Both methods run batch 1, inference mode, fp32 (or bf16 autoca
 Prints the absolute times, tokens processed, the time ratio (per-turn / one-pass), the mean
 number of user turns, whether ratio >= turns/2 (the target), and the largest difference between
 the two methods' logits (causal attention: they must agree to float precision).
+
+With `--train-sessions N`: one epoch of the stage's own training loop (`train_loop`, the
+`discriminator` params of params.yaml: 12 of 30 layers, LoRA, batch 2, bf16 autocast where fast) on N qualifying sessions
+(labels alternate), printing training tokens/s, the padding the length-bucketed batches leave
+against shuffled ones, and achieved FLOP/s as a share of the roofline measured in the same run
+(a 2048³ matmul in the autocast precision). Training FLOPs per token = 2 × forward: the forward
+pass and the gradients of the activations; the frozen weights get no gradient (LoRA), so the
+textbook 6 × parameters would overstate the work done.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import random
 import time
@@ -29,9 +39,20 @@ import numpy as np
 import torch
 
 from dial import io, paths
-from dial.discriminator import DiscriminatorParams, SessionEncoder, forward_logits, new_discriminator
+from dial.discriminator import (
+    REAL,
+    SIMULATED,
+    DiscriminatorParams,
+    SessionEncoder,
+    epoch_batches,
+    forward_logits,
+    new_discriminator,
+    train_loop,
+)
 from dial.models import load_tokenizer
+from dial.params import load_params
 from dial.training.common import resolve_precision
+from roofline import forward_flops_per_token, matmul_roofline, precision_label
 
 
 def load_average() -> str:
@@ -53,6 +74,7 @@ def main() -> None:
     parser.add_argument("--view", choices=["full", "user_only"], default="user_only")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-sessions", type=int, default=0, help="also time one training epoch on this many sessions")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -116,7 +138,46 @@ def main() -> None:
     print(f"ratio (per-turn / one-pass): {ratio:.2f}x time, {per_turn_tokens / one_pass_tokens:.2f}x tokens")
     print(f"target ratio >= mean turns / 2 = {turns.mean() / 2:.2f}: {'MET' if ratio >= turns.mean() / 2 else 'NOT MET'}")
     print(f"max |logit one-pass - logit re-encoded| = {max_diff:.2e}")
+    if args.train_sessions:
+        train_throughput(args, candidates, tokenizer)
     print(f"load average after: {load_average()}")
+
+
+def padded_tokens(items, batches) -> int:
+    return sum(len(batch) * max(len(items[i].input_ids) for i in batch) for batch in batches)
+
+
+def train_throughput(args, candidates, tokenizer) -> None:
+    params = load_params().discriminator.model_copy(
+        update={"view": args.view, "max_tokens": args.max_tokens, "max_user_turns": args.max_user_turns, "epochs": 1}
+    )
+    chosen = sorted(random.Random(args.seed + 1).sample(candidates, min(args.train_sessions, len(candidates))), key=lambda e: e.session_id)
+    items = [dataclasses.replace(item, label=REAL if k % 2 == 0 else SIMULATED) for k, item in enumerate(chosen)]
+    precision = resolve_precision(params.precision, torch.device("cpu"))
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    roofline = matmul_roofline(dtype)
+    model = new_discriminator(args.model, params)
+    real_tokens = sum(len(item.input_ids) for item in items)
+    bucketed = padded_tokens(items, epoch_batches(items, params.batch_size, 0))
+    order = list(range(len(items)))
+    random.Random(0).shuffle(order)
+    shuffled = padded_tokens(items, [order[k : k + params.batch_size] for k in range(0, len(order), params.batch_size)])
+    train_loop(model, tokenizer, items[: params.batch_size], params, precision, progress=False)  # warm-up step
+    model = new_discriminator(args.model, params)
+    started = time.perf_counter()
+    train_loop(model, tokenizer, items, params, precision, progress=False)
+    seconds = time.perf_counter() - started
+    roofline = max(roofline, matmul_roofline(dtype))  # the machine's speed swings: the higher of before and after
+    mean_length = real_tokens / len(items)
+    flops = 2 * forward_flops_per_token(model, mean_length / 2)
+    layers = model.config.num_hidden_layers
+    print()
+    print(f"training: {len(items)} sessions, {real_tokens} tokens (mean {mean_length:.0f}), batch {params.batch_size}, "
+          f"{layers} layers, {precision_label(dtype)}; roofline (higher of before/after) {roofline / 1e9:.0f} GFLOP/s")
+    print(f"padding: length-bucketed batches {bucketed / real_tokens - 1:.1%} extra tokens, shuffled {shuffled / real_tokens - 1:.1%}")
+    rate = real_tokens / seconds
+    print(f"one epoch in {seconds:.1f} s: {rate:.0f} tokens/s, {rate * flops / 1e9:.0f} GFLOP/s "
+          f"= {rate * flops / roofline:.1%} of the roofline (target >= 30%)")
 
 
 if __name__ == "__main__":
