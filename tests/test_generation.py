@@ -216,6 +216,24 @@ def test_sentence_end_tokens(text, ends):
     assert _ends_sentence(text) is ends
 
 
+def generate_steered(generator, steer, max_sentences: int):
+    """Generate 6 tokens for one prompt with `steer(logits, call)` editing each forward call's
+    logits in place: the prefill (call 0) picks generated token 1, decode call k token k + 1."""
+    calls = []
+
+    def hook(module, args, kwargs, output):
+        steer(output.logits, len(calls))
+        calls.append(1)
+        return output
+
+    handle = generator.model.register_forward_hook(hook, with_kwargs=True)
+    try:
+        decoding = DecodingParams(temperature=1.0, max_new_tokens=6, max_sentences=max_sentences)
+        return generator.generate([conversation(2)], decoding, [5])[0]
+    finally:
+        handle.remove()
+
+
 @pytest.mark.parametrize("max_sentences, n_tokens, hit_max_tokens", [(1, 2, False), (2, 5, False), (3, 6, True)])
 def test_a_line_break_after_text_ends_a_sentence_but_not_after_a_full_stop(generator, max_sentences, n_tokens, hit_max_tokens):
     tokenizer = generator.tokenizer
@@ -223,20 +241,11 @@ def test_a_line_break_after_text_ends_a_sentence_but_not_after_a_full_stop(gener
     newline = tokenizer.encode("\n", add_special_tokens=False)
     assert len(newline) == 1 and newline[0] in generator.line_end_ids() and word not in generator.line_end_ids()
     forced = [word, period, newline[0], word, newline[0], word]  # "hello.\nhello\nhello"
-    calls = []
 
-    def steer(module, args, kwargs, output):
-        # The prefill's output picks token 1, decode call k picks token k + 1.
-        output.logits[:, -1, forced[len(calls)]] = 1e4
-        calls.append(1)
-        return output
+    def steer(logits, call):
+        logits[:, -1, forced[call]] = 1e4
 
-    handle = generator.model.register_forward_hook(steer, with_kwargs=True)
-    try:
-        decoding = DecodingParams(temperature=1.0, max_new_tokens=6, max_sentences=max_sentences)
-        result = generator.generate([conversation(2)], decoding, [5])[0]
-    finally:
-        handle.remove()
+    result = generate_steered(generator, steer, max_sentences)
     # Boundaries: the full stop (token 2) and the line break after the second "hello" (token 5);
     # the line break right after the full stop (token 3) is not a second one.
     assert (result.n_tokens, result.hit_max_tokens) == (n_tokens, hit_max_tokens)
@@ -246,24 +255,16 @@ def test_a_line_break_after_text_ends_a_sentence_but_not_after_a_full_stop(gener
 def test_max_sentences_ends_a_reply_at_a_sentence_not_at_the_cap(generator, max_sentences, n_tokens, hit_max_tokens):
     period = generator.tokenizer.convert_tokens_to_ids(".")
     assert period in generator.sentence_end_ids()
-    calls = []
 
-    def steer(module, args, kwargs, output):
-        # Generated token k + 1 comes from forward call k: a full stop at tokens 2 and 4, never an end token.
+    def steer(logits, call):
+        # A full stop at tokens 2 and 4, never an end token.
         for token in generator.end_token_ids:
-            output.logits[:, -1, token] = -1e4
-        output.logits[:, -1, list(generator.sentence_end_ids())] = -1e4
-        if len(calls) + 1 in (2, 4):
-            output.logits[:, -1, period] = 1e4
-        calls.append(1)
-        return output
+            logits[:, -1, token] = -1e4
+        logits[:, -1, list(generator.sentence_end_ids())] = -1e4
+        if call + 1 in (2, 4):
+            logits[:, -1, period] = 1e4
 
-    handle = generator.model.register_forward_hook(steer, with_kwargs=True)
-    try:
-        decoding = DecodingParams(temperature=1.0, max_new_tokens=6, max_sentences=max_sentences)
-        result = generator.generate([conversation(2)], decoding, [5])[0]
-    finally:
-        handle.remove()
+    result = generate_steered(generator, steer, max_sentences)
     assert (result.n_tokens, result.hit_max_tokens) == (n_tokens, hit_max_tokens)
     if max_sentences:
         assert result.text.endswith(".")  # the full stop is text, kept (unlike an end-of-turn token)
