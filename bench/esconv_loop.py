@@ -93,14 +93,15 @@ def main() -> None:
         cells += [f"{v:.3f}" if isinstance(v, float) else "—" for v in lexical]
         print(" | ".join([group, *cells]))
     print("\nSession structure (sessions cut at the same user turns; 95 % intervals):")
-    print(" | ".join(["group", "sessions", "messages/turn", "burst turns", "words/message", "user turns", "user ended"]))
+    print(" | ".join(["group", "sessions", "messages/turn", "burst turns", "words/message", "markup msgs", "user turns", "user ended"]))
     for group in ["real", *simulators]:
         def cell(name: str, digits: int = 2) -> str:
             key = f"{group}.structure.{name}"
             return interval(metric(key), metric(f"{key}_ci_low"), metric(f"{key}_ci_high"), digits)
 
         print(" | ".join([group, str(metric(f"{group}.structure.n_sessions")), cell("messages_per_user_turn"),
-                          cell("burst_turn_share"), cell("words_per_user_message", 1), cell("user_turns_per_session"),
+                          cell("burst_turn_share"), cell("words_per_user_message", 1), cell("tagged_message_share"),
+                          cell("user_turns_per_session"),
                           cell("user_ended_share")]))
     print()
     for iteration, report in pairs.items():

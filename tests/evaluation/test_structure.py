@@ -20,13 +20,16 @@ def test_per_session_counts_turns_bursts_messages_and_words():
     messages = frame([
         ("a", "assistant", "welcome"), ("a", "user", "hi"), ("a", "user", "you there?"), ("a", "assistant", "yes"),
         ("a", "user", "ok bye now"),
-        ("b", "user", "one two three"), ("b", "assistant", "sure"),
+        ("b", "user", "one two three"), ("b", "assistant", "sure"), ("b", "user", "<|reply|> fine"), ("b", "user", "a | b <3"),
     ])
     rows = structure.per_session(messages, {"a": True, "quiet": True}, ["a", "b", "quiet"]).set_index("session_id")
-    assert rows.loc["a"].to_dict() == {"user_turns": 2, "burst_turns": 1, "user_messages": 3, "user_words": 6, "ended": True}
-    assert rows.loc["b"].to_dict() == {"user_turns": 1, "burst_turns": 0, "user_messages": 1, "user_words": 3, "ended": False}
+    assert rows.loc["a"].to_dict() == {"user_turns": 2, "burst_turns": 1, "user_messages": 3, "user_words": 6, "tagged_messages": 0,
+                                       "ended": True}
+    assert rows.loc["b"].to_dict() == {"user_turns": 2, "burst_turns": 1, "user_messages": 3, "user_words": 9,
+                                       "tagged_messages": 1, "ended": False}
     # A simulated user who ended the session before writing anything: a row of zeros, not left out.
-    assert rows.loc["quiet"].to_dict() == {"user_turns": 0, "burst_turns": 0, "user_messages": 0, "user_words": 0, "ended": True}
+    assert rows.loc["quiet"].to_dict() == {"user_turns": 0, "burst_turns": 0, "user_messages": 0, "user_words": 0,
+                                           "tagged_messages": 0, "ended": True}
 
 
 def test_summary_ratios_are_pooled_over_sessions_and_the_ended_share_has_a_wilson_interval():
@@ -36,12 +39,15 @@ def test_summary_ratios_are_pooled_over_sessions_and_the_ended_share_has_a_wilso
         "burst_turns": [1, 0, 2, 0, 1, 0, 0, 3, 1, 0],
         "user_messages": [6, 4, 7, 3, 6, 5, 2, 9, 5, 5],
         "user_words": [60, 20, 70, 9, 80, 40, 10, 90, 25, 30],
+        "tagged_messages": [0, 1, 0, 0, 2, 0, 0, 0, 0, 0],
         "ended": [False, True, False, True, False, False, True, False, True, False],
     })
     summary = structure.summarise(rows, n_resamples=2000, seed=0, label="real")
     assert summary["messages_per_user_turn"] == 52 / 43 and summary["burst_turn_share"] == 8 / 43
     assert summary["words_per_user_message"] == 434 / 52 and summary["user_turns_per_session"] == 4.3
-    for name in ("messages_per_user_turn", "burst_turn_share", "words_per_user_message", "user_turns_per_session"):
+    assert summary["tagged_message_share"] == 3 / 52
+    for name in ("messages_per_user_turn", "burst_turn_share", "words_per_user_message", "tagged_message_share",
+                 "user_turns_per_session"):
         assert summary[f"{name}_ci_low"] < summary[name] < summary[f"{name}_ci_high"], name
     low, high = binomtest(4, 10).proportion_ci(confidence_level=0.95, method="wilson")
     assert summary["user_ended"] == 4 and summary["user_ended_share"] == 0.4

@@ -547,17 +547,19 @@ def _structure_lines(metrics: dict) -> list[str]:
             continue
         rows.append([n, _fmt(found.get("n_sessions"), "int"), _with_interval(found, "messages_per_user_turn", "f2"),
                      _with_interval(found, "burst_turn_share", "pct1"), _with_interval(found, "words_per_user_message", "f1"),
-                     _with_interval(found, "user_turns_per_session", "f2"),
+                     _with_interval(found, "tagged_message_share", "pct1"), _with_interval(found, "user_turns_per_session", "f2"),
                      f"{_fmt(found.get('user_ended'), 'int')} — {_with_interval(found, 'user_ended_share', 'pct1')}"])
     turns = metrics.get("settings", {}).get("max_user_turns")
     within = f"within {turns} user turns" if turns else "in the session"
     return ["## Session structure: real vs simulated", "",
             _table(["group", "sessions", "messages / user turn", "burst turns %", "words / user message",
-                    "user turns / session", f"user ended {within} (n — %)"], rows), "",
+                    "messages with chat markup %", "user turns / session", f"user ended {within} (n — %)"], rows), "",
             "A user turn is what the user writes before the chatbot answers (one message, or a burst of several). "
             "Sessions cut as in the other tables; intervals: 95% bootstrap over sessions, Wilson for the ended share. "
             "A real session counts as ended when its user left within the compared turns; a simulated one when "
-            "the simulator wrote the end marker. Whatever differs here, a discriminator can use without reading a word.", ""]
+            "the simulator wrote the end marker. Chat markup: \"<|\", \"</|\" or \"|>\" in a user message "
+            "(an invented tag such as \"<|reply|>\"; markers are read before this count), which no real user types. "
+            "Whatever differs here, a discriminator can use without reading a word (markup: at a glance).", ""]
 
 
 def render_markdown(metrics: dict, figures: Mapping[str, str], category_simulator: str | None = None) -> str:

@@ -7,6 +7,9 @@ Per group, on sessions cut at the same number of user turns (`evaluate.cut_sessi
     messages_per_user_turn   user messages / user turns (a turn: a burst of consecutive user messages)
     burst_turn_share         user turns of two or more messages / user turns
     words_per_user_message   words / user messages (whitespace-separated)
+    tagged_message_share     user messages holding chat markup ("<|reply|>", "</|msg", "|>"): no
+                             user types it, a simulator invents it (after `parse_user_turn` has
+                             read the markers), and a discriminator reads it at a glance
     user_turns_per_session   mean user turns of a session
     user_ended_share         sessions the user ended within the compared turns: a real session
                              with no more user turns than that (its user left there), a simulated
@@ -18,6 +21,7 @@ whole sessions, `dial.evaluation.stats.resample_weights`); the ended share a Wil
 
 from __future__ import annotations
 
+import re
 from typing import Iterable, Mapping
 
 import numpy as np
@@ -25,11 +29,13 @@ import pandas as pd
 
 from dial.evaluation import stats
 
-COLUMNS = ["session_id", "user_turns", "burst_turns", "user_messages", "user_words", "ended"]
+COLUMNS = ["session_id", "user_turns", "burst_turns", "user_messages", "user_words", "tagged_messages", "ended"]
+CHAT_MARKUP = re.compile(r"</?\||\|>")  # what opens or closes a chat-template tag or a marker
 RATIOS = {  # metric: (numerator column, denominator column)
     "messages_per_user_turn": ("user_messages", "user_turns"),
     "burst_turn_share": ("burst_turns", "user_turns"),
     "words_per_user_message": ("user_words", "user_messages"),
+    "tagged_message_share": ("tagged_messages", "user_messages"),
 }
 
 
@@ -43,7 +49,7 @@ def per_session(messages: pd.DataFrame, ended: Mapping[str, bool], session_ids: 
     silent = sorted(set(map(str, session_ids)) - set(ordered["session_id"]))
     for session_id in silent:
         rows.append({"session_id": session_id, "user_turns": 0, "burst_turns": 0, "user_messages": 0, "user_words": 0,
-                     "ended": bool(ended.get(session_id, False))})
+                     "tagged_messages": 0, "ended": bool(ended.get(session_id, False))})
     for session_id, group in ordered.groupby("session_id", sort=True):
         turns, burst_turns, run = 0, 0, 0
         for role in [*group["role"], None]:
@@ -62,6 +68,7 @@ def per_session(messages: pd.DataFrame, ended: Mapping[str, bool], session_ids: 
                 "burst_turns": burst_turns,
                 "user_messages": len(users),
                 "user_words": int(sum(len(str(text).split()) for text in users)),
+                "tagged_messages": int(sum(bool(CHAT_MARKUP.search(str(text))) for text in users)),
                 "ended": bool(ended.get(str(session_id), False)),
             }
         )
