@@ -179,7 +179,22 @@ class SftParams(Section):
     gradient_checkpointing: bool = False
     logging_steps: int = Field(default=5, gt=0)
     save_steps: int = Field(default=50, gt=0)
+    # Held-out curve (`unit: session`): every eval_steps steps, the perplexity of the real user
+    # turns in up to max_eval_windows seeded windows of valid-split sessions (0 = no evaluation);
+    # with early_stopping_patience > 0, training stops after that many evaluations without a new
+    # best and the best adapter is kept: "train until held-out perplexity stops improving".
+    eval_steps: int = Field(default=0, ge=0)
+    max_eval_windows: int = Field(default=32, gt=0)
+    early_stopping_patience: int = Field(default=0, ge=0)
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _early_stopping_needs_evaluation(self) -> "SftParams":
+        if self.early_stopping_patience > 0 and self.eval_steps == 0:
+            raise ValueError("sft.early_stopping_patience needs sft.eval_steps > 0 (stopping reads the held-out curve)")
+        if self.eval_steps > 0 and self.unit != "session":
+            raise ValueError("sft.eval_steps needs sft.unit: session (the held-out curve is computed on session windows)")
+        return self
 
 
 class DecodingParams(Section):

@@ -4,6 +4,7 @@ determinism, resume, sample selection, precision resolution."""
 from __future__ import annotations
 
 import json
+import math
 
 import pandas as pd
 import pytest
@@ -22,6 +23,7 @@ from dial.training.sft import (
     build_sft_trainer,
     proportional_quotas,
     run_sft,
+    select_eval_windows,
     select_train_samples,
     select_train_windows,
     session_dataset,
@@ -467,3 +469,45 @@ def test_session_run_trains_on_every_turn(session_samples, tiny_model_dir, tmp_p
     assert report["train_samples_used"] == len(turns)
     assert report["completion_tokens_per_epoch"] == int(turns["n_completion_tokens"].sum())
     assert (out / "model" / "adapter_model.safetensors").is_file()
+
+
+def heldout_loss(model_dir, base_dir, windows, tokenizer) -> float:
+    """The mean over `windows` of each window's mean loss on user turns, under a saved adapter."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(base_dir)), str(model_dir)).eval()
+    losses = []
+    with torch.no_grad():
+        for example in session_dataset(windows, tokenizer):
+            ids, labels = torch.tensor([example["input_ids"]]), torch.tensor([example["labels"]])
+            losses.append(model(input_ids=ids, labels=labels).loss.item())
+    return sum(losses) / len(losses)
+
+
+def test_heldout_curve_starts_at_the_base_model_and_the_best_adapter_is_kept(session_samples, tiny_model_dir, tiny_tokenizer, tmp_path):
+    path = io.SFT_SAMPLES.write(session_samples, tmp_path / "samples.parquet")
+    # A learning rate this high makes the held-out loss worse after a few steps: training must stop
+    # `patience` evaluations after its best and publish the best adapter, not the last.
+    params = tiny_params(unit="session", max_sample_tokens=0, batch_size=1, epochs=8, learning_rate=0.05,
+                         eval_steps=1, early_stopping_patience=2)
+    out, report = run(tmp_path, path, tiny_model_dir, params=params)
+    heldout = report["heldout"]
+    steps = [point["step"] for point in heldout["curve"]]
+    assert steps[0] == 0 and steps == list(range(len(steps)))  # before training, then every step
+    assert heldout["windows"] == 1  # the valid split's one session
+    assert all(point["perplexity"] == pytest.approx(math.exp(point["loss"]), rel=1e-4) for point in heldout["curve"])
+    assert heldout["stopped_early"] and report["steps"] < 8 * 5  # 5 train windows, 8 epochs
+    trained = heldout["curve"][1:]
+    best = min(trained, key=lambda point: point["loss"])
+    assert heldout["kept_step"] == heldout["best_step"] == best["step"]
+    assert all(point["loss"] >= best["loss"] for point in trained[-2:])  # patience 2: no new best in the last two
+    windows = select_eval_windows(session_samples, params, tiny_tokenizer)
+    assert heldout_loss(out / "model", tiny_model_dir, windows, tiny_tokenizer) == pytest.approx(best["loss"], rel=1e-4)
+
+
+def test_early_stopping_needs_the_heldout_curve():
+    with pytest.raises(ValueError, match="eval_steps"):
+        SftParams(unit="session", early_stopping_patience=2)
+    with pytest.raises(ValueError, match="unit: session"):
+        SftParams(unit="turn", eval_steps=5)

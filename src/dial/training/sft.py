@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 from pathlib import Path
 from typing import Sequence
@@ -199,30 +200,41 @@ def session_windows(renderer: ChatRenderer, messages: list[dict[str, str]], max_
     return windows[::-1], unfit
 
 
+def split_windows(samples: pd.DataFrame, split: str, tokenizer, max_tokens: int) -> tuple[list[list[dict[str, str]]], int, int]:
+    """Every session of `split` (its end sample: prompt + completion is the whole session as the
+    simulator writes it) cut into windows of at most `max_tokens` (`session_windows`).
+    Returns (windows, user turns that fit in no window, sessions)."""
+    renderer = ChatRenderer(tokenizer)
+    sessions = samples[(samples["split"] == split) & samples["is_end"]].sort_values("sample_id")
+    windows, unfit = [], 0
+    for row in sessions.itertuples(index=False):
+        messages = json.loads(row.prompt) + [{"role": "assistant", "content": row.completion}]
+        found, skipped = session_windows(renderer, messages, max_tokens)
+        windows += found
+        unfit += skipped
+    return windows, unfit, len(sessions)
+
+
+def seeded_subset(windows: list, n: int, seed: int) -> list:
+    """`n` of `windows` (0 or more than there are: all), drawn with `seed`, in their original order."""
+    if n <= 0 or n >= len(windows):
+        return windows
+    order = pd.Series(range(len(windows))).sample(n=n, random_state=seed)
+    return [windows[i] for i in sorted(order)]
+
+
 def select_train_windows(
     samples: pd.DataFrame, params: SftParams, tokenizer, end_marker: str, message_separator: str
 ) -> tuple[list[list[dict[str, str]]], dict]:
     """The training sequences of `unit: session`, and how they were chosen.
 
-    Every train session (its end sample: prompt + completion is the whole session as the
-    simulator writes it) is cut into windows of at most `max_sample_tokens` (`session_windows`);
+    Every train session is cut into windows of at most `max_sample_tokens` (`split_windows`);
     a seeded subset of `max_train_samples` windows (0: all) is drawn. Each user turn and each
     ending is in exactly one window, so the subset keeps their real proportions up to sampling;
     the report shows the share of end and burst targets among all and among those trained on."""
     renderer = ChatRenderer(tokenizer)
-    train = samples[(samples["split"] == "train") & samples["is_end"]].sort_values("sample_id")
-    windows, unfit = [], 0
-    for row in train.itertuples(index=False):
-        messages = json.loads(row.prompt) + [{"role": "assistant", "content": row.completion}]
-        found, skipped = session_windows(renderer, messages, params.max_sample_tokens)
-        windows += found
-        unfit += skipped
-    requested = params.max_train_samples if params.max_train_samples > 0 else len(windows)
-    if requested < len(windows):
-        order = pd.Series(range(len(windows))).sample(n=requested, random_state=params.seed)
-        kept = [windows[i] for i in sorted(order)]
-    else:
-        kept = windows
+    windows, unfit, n_sessions = split_windows(samples, "train", tokenizer, params.max_sample_tokens)
+    kept = seeded_subset(windows, params.max_train_samples, params.seed)
 
     def taught(chosen: list[list[dict[str, str]]]) -> dict:
         turns = [parse_user_turn(m["content"], end_marker, message_separator) for w in chosen for m in w if m["role"] == "assistant"]
@@ -230,7 +242,7 @@ def select_train_windows(
 
     available, selected = taught(windows), taught(kept)
     counts = {
-        "train_sessions": len(train),
+        "train_sessions": n_sessions,
         "train_windows_available": len(windows),
         "train_windows_used": len(kept),
         "train_turns_in_no_window": unfit,
@@ -243,6 +255,22 @@ def select_train_windows(
         },
     }
     return kept, counts
+
+
+def select_eval_windows(samples: pd.DataFrame, params: SftParams, tokenizer) -> list[list[dict[str, str]]]:
+    """The held-out curve's sequences: up to `max_eval_windows` seeded windows of valid-split
+    sessions, cut like the training windows (the same token cap)."""
+    windows, _, _ = split_windows(samples, "valid", tokenizer, params.max_sample_tokens)
+    return seeded_subset(windows, params.max_eval_windows, params.seed)
+
+
+def eval_curve(log_history: list[dict]) -> list[dict]:
+    """The held-out curve from the trainer's log: one point per evaluation (step 0 = before
+    training), perplexity = exp(mean over windows of each window's mean loss on user turns)."""
+    return [
+        {"step": step, "loss": round(loss, 6), "perplexity": round(math.exp(loss), 4)}
+        for step, loss in dict(logged_losses(log_history, "eval_loss")).items()
+    ]
 
 
 def session_sequence(tokenizer, messages: list[dict[str, str]]) -> tuple[list[int], list[int]]:
@@ -306,8 +334,20 @@ def sft_config(params: SftParams, precision: ResolvedPrecision, output_dir: Path
     """
     from trl import SFTConfig
 
+    arguments = shared_trainer_arguments(params, precision, output_dir)
+    if params.eval_steps > 0:
+        arguments.update(
+            eval_strategy="steps",
+            eval_steps=params.eval_steps,
+            eval_on_start=True,  # step 0: the base model, where the curve starts
+            per_device_eval_batch_size=1,  # no padding: each window's mean loss, then their mean
+            save_steps=params.eval_steps,  # the best evaluation must have a checkpoint to go back to
+            load_best_model_at_end=params.early_stopping_patience > 0,
+            metric_for_best_model="eval_loss",
+            greater_is_better=False,
+        )
     return SFTConfig(
-        **shared_trainer_arguments(params, precision, output_dir),
+        **arguments,
         packing=False,
         # turn: trl masks the prompt; session: the dataset carries its own labels (session_dataset).
         completion_only_loss=params.unit == "turn",
@@ -322,9 +362,11 @@ def build_sft_trainer(
     precision: ResolvedPrecision,
     callbacks: Sequence = (),
     compact_lm_head: bool = True,
+    eval_windows: list | None = None,
 ):
     """An `SFTTrainer` with a fresh LoRA adapter on the fp32 base model (checkpoints into `output_dir`).
-`train_samples`: turn samples (`unit: turn`) or session windows (`unit: session`).
+`train_samples`: turn samples (`unit: turn`) or session windows (`unit: session`);
+`eval_windows`: held-out session windows for the curve (`sft.eval_steps`).
 
     `compact_lm_head=False` keeps trl's own LM head on CPU (the benchmark compares the two).
     """
@@ -347,6 +389,7 @@ def build_sft_trainer(
             train_dataset=(
                 session_dataset(train_samples, tokenizer) if params.unit == "session" else prompt_completion_dataset(train_samples)
             ),
+            eval_dataset=session_dataset(eval_windows, tokenizer) if eval_windows else None,
             processing_class=tokenizer,
             peft_config=lora_config(params.lora),
             callbacks=list(callbacks),
@@ -410,11 +453,26 @@ def run_sft(
     )
 
     throughput = TokenThroughputCallback(enabled=progress, desc="sft")
-    trainer = build_sft_trainer(params, train_samples, base_model_dir, run_dir, precision, [throughput, *callbacks])
+    eval_windows = []
+    if params.eval_steps > 0:
+        from transformers import EarlyStoppingCallback
+
+        from dial.models import load_tokenizer
+
+        eval_windows = select_eval_windows(samples, params, load_tokenizer(base_model_dir))
+        if not eval_windows:
+            raise DialError(f"{samples_path}: sft.eval_steps is set but the valid split has no session window to evaluate on")
+        if params.early_stopping_patience > 0:
+            callbacks = [*callbacks, EarlyStoppingCallback(early_stopping_patience=params.early_stopping_patience)]
+    trainer = build_sft_trainer(
+        params, train_samples, base_model_dir, run_dir, precision, [throughput, *callbacks], eval_windows=eval_windows
+    )
     if params.unit == "session":
         counts["completion_tokens_per_epoch"] = int(sum(sum(label != -100 for label in labels) for labels in trainer.train_dataset["labels"]))
     if resume_from is not None:
         log.info("resuming from %s", resume_from)
+    elif eval_windows:
+        log.info("held-out curve: %d windows of valid-split sessions, every %d steps", len(eval_windows), params.eval_steps)
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
 
     trainable, total = parameter_counts(trainer.model)
@@ -432,6 +490,18 @@ def run_sft(
         "max_train_samples": params.max_train_samples,
         "unit": params.unit,
     }
+    if eval_windows:
+        curve = eval_curve(trainer.state.log_history)
+        best = min(curve[1:] or curve, key=lambda point: point["loss"])  # the adapter kept: the best trained one
+        summary["heldout"] = {
+            "windows": len(eval_windows),
+            "eval_steps": params.eval_steps,
+            "curve": curve,
+            "kept_step": best["step"] if params.early_stopping_patience > 0 else summary["steps"],
+            "best_step": best["step"],
+            "best_perplexity": best["perplexity"],
+            "stopped_early": params.early_stopping_patience > 0 and summary["steps"] < int(trainer.state.max_steps),
+        }
     manifest = {
         "kind": "sft",
         "base_model": base_model_dir.as_posix(),
