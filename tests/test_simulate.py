@@ -127,7 +127,7 @@ def test_lockstep_one_batched_call_per_round_and_stop_reasons():
         if ctx == "ctx 0" and user_turns(conv) == 1:
             return f"ok bye {END}"  # ends with a last message
         if ctx == "ctx 1":
-            return END  # ends at once
+            return f"fine {END}" if user_turns(conv) == 0 else "unreachable"  # ends in its first turn, after a message
         return f"message {user_turns(conv)}"
 
     simulator = ScriptedSimulator(script)
@@ -137,7 +137,7 @@ def test_lockstep_one_batched_call_per_round_and_stop_reasons():
     Simulation(simulator, bots, SimulateParams(max_turns=3, batch_size=10)).run(sessions, progress=False)
     by_id = {s.session_id: s for s in sessions}
     assert by_id["s0"].stop_reason == "user_ended" and by_id["s0"].history[-1] == ("user", "ok bye")
-    assert by_id["s1"].stop_reason == "user_ended" and by_id["s1"].history == []
+    assert by_id["s1"].stop_reason == "user_ended" and by_id["s1"].history == [("user", "fine")]
     assert by_id["s2"].stop_reason == "max_turns" and by_id["s2"].n_user_messages == 3
     assert by_id["s2"].history[-1][0] == "assistant"  # the chatbot answers the last user message
     assert by_id["s-early"].stop_reason == "chatbot_ended"
@@ -156,6 +156,21 @@ def test_empty_messages_are_retried_then_stop_the_session():
     sessions = states(1)
     Simulation(ScriptedSimulator(script), [CountingChatbot("bot")], SimulateParams(max_turns=3)).run(sessions, progress=False)
     assert sessions[0].stop_reason == "empty_message" and len(attempts) == 3  # 1 + 2 retries
+
+
+def test_ending_before_saying_anything_is_retried_then_kept_and_flagged():
+    texts = iter([END, f" {END} ", "hi there", "ok", END])
+    sessions = states(1)
+    Simulation(ScriptedSimulator(lambda conv: next(texts)), [CountingChatbot("bot")], SimulateParams(max_turns=3)).run(sessions, progress=False)
+    state = sessions[0]
+    # The silent endings of the first turn are resampled; a bare ending after a message is a real ending.
+    assert state.history == [("user", "hi there"), ("assistant", "reply 0"), ("user", "ok"), ("assistant", "reply 1")]
+    assert state.stop_reason == "user_ended" and state.guardrail_flagged == 0
+
+    always_silent = states(1)
+    Simulation(ScriptedSimulator(lambda conv: END), [CountingChatbot("bot")], SimulateParams(max_turns=3)).run(always_silent, progress=False)
+    assert always_silent[0].history == [] and always_silent[0].stop_reason == "user_ended"
+    assert always_silent[0].guardrail_flagged == 1  # kept after the retries, and flagged
 
 
 def test_guardrails_regenerate_then_keep_and_flag():

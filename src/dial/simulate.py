@@ -298,7 +298,10 @@ class Simulation:
     def _failures(self, text: str, state: SessionState) -> list[str]:
         user_turn = parse_user_turn(text, self.end_marker, self.message_separator)
         if user_turn.ends:
-            return []  # ending is always allowed
+            # Ending is always allowed, except before saying anything: no real session is one
+            # where the user opens the chat and leaves it silently (then retried like an empty message).
+            said_something = user_turn.messages or any(role == "user" for role, _ in state.history)
+            return [] if said_something else ["ended_before_speaking"]
         if not user_turn.messages:
             return ["empty"]
         if not self.params.guardrails.enabled:
