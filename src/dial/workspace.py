@@ -18,14 +18,19 @@ def deep_update(base: dict, override: dict) -> dict:
     return base
 
 
-def tool_env() -> dict[str, str]:
-    """The environment with this interpreter's bin/ first, so `python`, `dvc`, `dial` resolve here."""
+def tool_env(root: Path | None = None) -> dict[str, str]:
+    """The environment with this interpreter's bin/ first, so `python`, `dvc`, `dial` resolve here;
+    given a project copy `root`, its own `src/` first on the import path, so a long run in a scratch
+    copy keeps running the code it was copied with while the working tree changes."""
     bin_dir = str(Path(sys.executable).parent)
-    return dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", PYTHONUNBUFFERED="1")
+    if root is not None and (Path(root) / "src" / "dial").is_dir():
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(root).resolve() / "src"), os.environ.get("PYTHONPATH")]))
+    return env
 
 
 def run(args: list[str], cwd: Path, check: bool = True, timeout: float = 3600) -> subprocess.CompletedProcess:
-    result = subprocess.run(args, cwd=cwd, env=tool_env(), capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(args, cwd=cwd, env=tool_env(cwd), capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise RuntimeError(
             f"`{' '.join(args)}` failed ({result.returncode}) in {cwd}:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
@@ -86,7 +91,7 @@ def repro_timed(root: Path, stages: list[str] | None = None) -> list[dict]:
     results = []
     for stage in stages if stages is not None else stage_order(root):
         started = time.perf_counter()
-        process = subprocess.Popen(["dvc", "repro", "-s", stage], cwd=root, env=tool_env(),
+        process = subprocess.Popen(["dvc", "repro", "-s", stage], cwd=root, env=tool_env(root),
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         output = process.stdout.read()
         _, status, usage = os.wait4(process.pid, 0)
