@@ -39,9 +39,9 @@ import torch
 
 from dial import io, paths
 from dial.discriminator import DiscriminatorParams, SessionEncoder, forward_logits, new_discriminator
-from dial.generation import ChatGenerator
+from dial.simulation.generation import ChatGenerator
 from dial.pairs import SCORED, CriticalPoint, PairsParams, candidate_text, sample_alternatives, score_alternatives
-from dial.simulate import stable_seed
+from dial.simulation.simulate import stable_seed
 from dial.training.common import resolve_precision
 
 ESCONV_LIKE = [

@@ -6,7 +6,7 @@ Same model, prompts, batch and seeds for every engine, measured in one run (issu
   hf-batched    transformers `model.generate` on the whole batch at once (left padding)
   llama.cpp     llama-cpp-python on the SAME GGUF file the base model comes from (Q4_1 weights,
                 one prompt at a time: its Python API decodes one sequence per context), optional
-  ours          `dial.generation.ChatGenerator`, the path simulate, pairs and evaluate-chatbot use
+  ours          `dial.simulation.generation.ChatGenerator`, the path simulate, pairs and evaluate-chatbot use
 
 The workload is the simulate stage's first user turn: `--rows` held-out contexts of the default
 data rendered as the simulator prompt (distinct prompts, so no engine gains from shared prefixes),
@@ -40,11 +40,11 @@ import time
 import torch
 
 from dial import io, paths
-from dial.generation import ChatGenerator, load_chat_model, resolve_dtype
+from dial.simulation.generation import ChatGenerator, load_chat_model, resolve_dtype
 from dial.models import find_package_gguf
 from dial.params import DecodingParams, load_params
 from dial.prompting import simulator_messages
-from dial.simulate import select_contexts
+from dial.simulation.simulate import select_contexts
 from roofline import forward_flops_per_token, matmul_roofline, precision_label
 
 TEMPERATURE, TOP_P = 1.0, 0.95

@@ -31,7 +31,7 @@ import pandas as pd
 
 from dial import io, paths
 from dial.evaluation.stats import wilson_interval
-from dial.generation import ChatGenerator
+from dial.simulation.generation import ChatGenerator
 from dial.params import load_params
 from dial.prompting import parse_user_turn
 from dial.training.common import resolve_precision

@@ -22,9 +22,9 @@ import torch
 
 from dial import io, paths
 from dial.chatbots.hf import HFChatbot
-from dial.generation import ChatGenerator, load_chat_model
+from dial.simulation.generation import ChatGenerator, load_chat_model
 from dial.params import load_params
-from dial.simulate import Simulation, plan_sessions, select_contexts
+from dial.simulation.simulate import Simulation, plan_sessions, select_contexts
 
 
 def main() -> None:

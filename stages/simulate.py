@@ -6,7 +6,7 @@ import typer
 
 from dial import paths
 from dial.params import load_params
-from dial.simulate import run_simulate
+from dial.simulation.simulate import run_simulate
 from dial.stage import run_stage
 
 

@@ -15,7 +15,7 @@ import torch
 
 from dial import io, schemas
 from dial.discriminator import MANIFEST, SELECTION_FILE, DiscriminatorParams, SessionEncoder, new_discriminator, score_sessions
-from dial.generation import ChatGenerator, load_chat_model
+from dial.simulation.generation import ChatGenerator, load_chat_model
 from dial.pairs import (
     CANDIDATE_COLUMNS,
     CANDIDATE_STATUSES,
@@ -45,7 +45,7 @@ from dial.pairs import (
 )
 from dial.params import DecodingParams
 from dial.prompting import simulator_messages
-from dial.simulate import stable_seed
+from dial.simulation.simulate import stable_seed
 
 torch.set_num_threads(1)
 

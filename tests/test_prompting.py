@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dial.evaluation.realism import termination_predictions
-from dial.generation import Generated
+from dial.simulation.generation import Generated
 from dial.pairs import candidate_text
 from dial.params import DecodingParams, SftSamplesParams, SimulateParams
 from dial.prompting import (
@@ -22,7 +22,7 @@ from dial.prompting import (
     user_messages_in_turns,
 )
 from dial.sft_samples import build_sft_samples
-from dial.simulate import SessionState, Simulation
+from dial.simulation.simulate import SessionState, Simulation
 
 END = "<|endconversation|>"
 

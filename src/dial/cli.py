@@ -176,9 +176,9 @@ def chat(
     """The simulator plays the user, live: against a configured chatbot, or against you (type
     the chatbot's replies; /quit ends)."""
     from dial import io, paths
-    from dial.chat import chat_loop
+    from dial.simulation.chat import chat_loop
     from dial.chatbots import make_chatbots
-    from dial.generation import ChatGenerator
+    from dial.simulation.generation import ChatGenerator
 
     params = load_params(params_file)
     contexts = io.CONTEXTS.read(paths.CONTEXTS_FILE)
@@ -252,7 +252,7 @@ def evaluate_chatbot(
 
 
 def _serve_command():
-    from dial.serve import serve_command
+    from dial.simulation.serve import serve_command
 
     return serve_command
 

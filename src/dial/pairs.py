@@ -117,7 +117,7 @@ from dial.prompting import (
     simulator_messages,
 )
 from dial.rewards import critical_points, message_rewards
-from dial.simulate import stable_seed
+from dial.simulation.simulate import stable_seed
 from dial.params import PairsParams  # noqa: F401 (defined with the other params)
 
 log = logging.getLogger(__name__)
@@ -768,7 +768,7 @@ def run_pairs(
     Returns the report."""
     from dial import io, paths
     from dial.discriminator import SELECTION_FILE, load_discriminator
-    from dial.generation import ChatGenerator
+    from dial.simulation.generation import ChatGenerator
 
     simulated_dir, out_dir = Path(simulated_dir), Path(out_dir)
     sessions = io.SESSIONS.read(paths.sessions_file(simulated_dir))

@@ -12,7 +12,7 @@ columns stay the same for every source (chitchat ratings, ESConv strategies and 
 Later stages reuse `sessions`/`messages` for simulated sessions.
 
 One metadata key is shared by every source: `truncated` (a JSON boolean) on a message that the
-token budget cut before its writer ended it (simulated messages; `dial.simulate` sets it on every
+token budget cut before its writer ended it (simulated messages; `dial.simulation.simulate` sets it on every
 one). Real messages are never cut and carry no mark, nor do files written before it existed:
 `is_truncated` reads a missing mark as not cut.
 """

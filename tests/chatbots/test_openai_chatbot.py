@@ -1,6 +1,6 @@
 """The `openai` chatbot backend against real servers, no mocks:
 
-* `python -m dial.serve` with the tiny model, started once for the module (it boots in the
+* `python -m dial.simulation.serve` with the tiny model, started once for the module (it boots in the
   background while the failure-mode tests run against small scripted in-test servers);
 * scripted `http.server` endpoints for the failures: server down, timeouts, 5xx / bad JSON, 401.
 """
@@ -35,14 +35,14 @@ KEY = "sk-chatbot-test-81f2e0"
 
 
 class ServeProcess:
-    """`python -m dial.serve` on a free port; `.url` waits for its "serving ... on URL" line."""
+    """`python -m dial.simulation.serve` on a free port; `.url` waits for its "serving ... on URL" line."""
 
     def __init__(self, model_dir, log_path, *args: str) -> None:
         env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TQDM_DISABLE="1")
         self.log_path = log_path
         self.log = open(log_path, "w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dial.serve", "--model-dir", str(model_dir), "--port", "0", "--threads", "1", *args],
+            [sys.executable, "-m", "dial.simulation.serve", "--model-dir", str(model_dir), "--port", "0", "--threads", "1", *args],
             stdout=subprocess.PIPE, stderr=self.log, text=True, env=env,
         )
         self.lines: queue.Queue = queue.Queue()
@@ -57,7 +57,7 @@ class ServeProcess:
                 line = self.lines.get(timeout=0.2)
             except queue.Empty:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"dial.serve did not start (exit {self.proc.poll()}):\n{self.log_path.read_text()}")
+                    pytest.fail(f"dial.simulation.serve did not start (exit {self.proc.poll()}):\n{self.log_path.read_text()}")
                 continue
             if line.startswith("serving "):
                 self._url = line.split(" on ", 1)[1].strip()
@@ -293,7 +293,7 @@ def test_request_body_and_closed_chatbot(scripted):
 
 
 # --------------------------------------------------------------------------------------------
-# Against the tiny model served by `python -m dial.serve`
+# Against the tiny model served by `python -m dial.simulation.serve`
 
 
 def test_make_chatbots_builds_the_openai_backend(tiny_server):

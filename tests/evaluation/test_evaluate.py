@@ -12,9 +12,9 @@ import pytest
 from dial.chatbots.replay import ReplayChatbot
 from dial.errors import DialError
 from dial.evaluation.evaluate import cut_sessions, evaluate
-from dial.generation import Generated
+from dial.simulation.generation import Generated
 from dial.params import SimulateParams
-from dial.simulate import SessionState, Simulation, to_frames
+from dial.simulation.simulate import SessionState, Simulation, to_frames
 from eval_helpers import messages_frame
 
 

@@ -15,7 +15,7 @@ from dial.prompting import simulator_messages
 
 @pytest.fixture(scope="module")
 def model_and_tokenizer(tiny_model_dir):
-    from dial.generation import load_chat_model
+    from dial.simulation.generation import load_chat_model
 
     return load_chat_model(tiny_model_dir, precision="fp32")
 

@@ -119,7 +119,7 @@ def test_select_sessions_is_seeded_and_order_independent():
 
 @pytest.fixture(scope="module")
 def generator(tiny_model_dir):
-    from dial.generation import ChatGenerator
+    from dial.simulation.generation import ChatGenerator
 
     return ChatGenerator.load(tiny_model_dir, precision="fp32", batch_size=4)
 
@@ -187,7 +187,7 @@ def test_termination_positions_can_be_capped_to_the_last_ones(tiny_model_dir):
     """Only the last N positions of each session are probed (the real ending among them)."""
     import torch
 
-    from dial.generation import ChatGenerator
+    from dial.simulation.generation import ChatGenerator
     from dial.params import DecodingParams
 
     torch.set_num_threads(1)

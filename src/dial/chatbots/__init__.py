@@ -21,7 +21,7 @@ def make_chatbots(
     """Build every configured chatbot; `hf` chatbots on the same model share one loaded copy."""
     from dial.chatbots.hf import HFChatbot
     from dial.chatbots.replay import ReplayChatbot
-    from dial.generation import ChatGenerator
+    from dial.simulation.generation import ChatGenerator
 
     generators: dict[Path, ChatGenerator] = {}
     built: list[Chatbot] = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from dial.chatbots.base import Chatbot, ChatReply, ChatRequest, chatbot_seed
-from dial.generation import ChatGenerator
+from dial.simulation.generation import ChatGenerator
 from dial.params import ChatbotParams
 
 

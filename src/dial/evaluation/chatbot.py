@@ -59,8 +59,8 @@ def evaluate_chatbots(
     """Simulate `n_contexts` held-out contexts × `n_simulations` against each named chatbot (from
     `params.chatbots`), judge every session, and summarise per chatbot (+ A/B test for two)."""
     from dial.chatbots import make_chatbots
-    from dial.generation import ChatGenerator
-    from dial.simulate import Simulation, plan_sessions, select_contexts, to_frames
+    from dial.simulation.generation import ChatGenerator
+    from dial.simulation.simulate import Simulation, plan_sessions, select_contexts, to_frames
 
     configured = {chatbot.name: chatbot for chatbot in params.chatbots}
     unknown = [name for name in chatbot_names if name not in configured]

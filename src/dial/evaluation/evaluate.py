@@ -74,7 +74,7 @@ def cut_length(roles: Sequence[str], user_turns: int) -> int:
     """How many of a session's messages (roles in turn order) the cut keeps: up to the end of its
     `user_turns`-th user turn (a burst of consecutive user messages is one turn) and the one
     chatbot message right after it, which is where a simulated session of `user_turns` turns stops
-    (`dial.simulate`: each user turn gets one chatbot reply, the last one too). A session with
+    (`dial.simulation.simulate`: each user turn gets one chatbot reply, the last one too). A session with
     fewer user turns is kept whole."""
     user_positions = [i for i, role in enumerate(roles) if role == "user"]
     n_kept_users = user_messages_in_turns(roles, user_turns)

@@ -223,7 +223,7 @@ def termination_predictions(
     max_positions_per_session: int = 0,
     message_separator: str = DEFAULT_MESSAGE_SEPARATOR,
 ) -> pd.DataFrame:
-    """Ask the simulator (`dial.generation.ChatGenerator`) at every termination position of the
+    """Ask the simulator (`dial.simulation.generation.ChatGenerator`) at every termination position of the
     real `sessions` whether it ends the conversation (only the last `max_positions_per_session`
     positions of each session when > 0: the real ending and the turns just before it, which is
     where ending or not is decided; a long session otherwise costs one generation per turn). Batched in waves (the k-th position of every

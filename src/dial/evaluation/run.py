@@ -74,9 +74,9 @@ def grounding_real_sessions(simulated: dict, real_sessions: pd.DataFrame, real_m
 
 
 def load_simulator(params: Params, simulator: str):
-    """The simulator as it simulates (`dial.generation.ChatGenerator`: base model, its adapter
+    """The simulator as it simulates (`dial.simulation.generation.ChatGenerator`: base model, its adapter
     merged, `simulate.precision`), loaded once for the termination probe and the perplexity."""
-    from dial.generation import ChatGenerator
+    from dial.simulation.generation import ChatGenerator
 
     adapter = paths.simulator_adapter_dir(simulator)
     return ChatGenerator.load(paths.BASE_MODEL_DIR, adapter, params.simulate.precision, params.simulate.batch_size)

@@ -13,7 +13,7 @@ turn index, role and text; `judge_inputs` does both and orders items by opaque i
 simulators in the order a judge sees them.
 
 Cut messages: a simulated message that our token budget cut (metadata `truncated`, see
-`dial.simulate`) ends mid-sentence because of us, not the chatbot. `JudgeInput.truncated_turns`
+`dial.simulation.simulate`) ends mid-sentence because of us, not the chatbot. `JudgeInput.truncated_turns`
 names them, and judges never report "Incomplete message" (the taxonomy category with the
 `incomplete_message` detector) on them. An LLM judge is not told (real messages are never cut, so
 the note would reveal a simulated session): its issues on those turns are dropped afterwards.

@@ -8,10 +8,10 @@ import pytest
 from dial import io, paths
 from dial.chatbots import Chatbot, ChatbotError, ChatReply
 from dial.chatbots.replay import ReplayChatbot
-from dial.generation import Generated
+from dial.simulation.generation import Generated
 from dial.params import ChatbotParams, DecodingParams, GuardrailParams, SimulateParams
 from dial.schemas import is_truncated
-from dial.simulate import (
+from dial.simulation.simulate import (
     Simulation,
     SessionState,
     guardrail_failures,
@@ -274,7 +274,7 @@ REPLAY = ChatbotParams(name="replay", backend="replay")
 
 
 def test_stage_writes_canonical_sessions_and_is_reproducible(project, tiny_model_dir, caplog):
-    with caplog.at_level("INFO", logger="dial.simulate"):
+    with caplog.at_level("INFO", logger="dial.simulation.simulate"):
         first = stage(project, tiny_model_dir, [HF_BOT, REPLAY])
     assert len(first) == 2 * 2 * 2
     out = project / "out"

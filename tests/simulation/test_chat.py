@@ -2,9 +2,9 @@
 
 import pytest
 
-from dial.chat import chat_loop
+from dial.simulation.chat import chat_loop
 from dial.chatbots.replay import ReplayChatbot
-from dial.generation import ChatGenerator, load_chat_model
+from dial.simulation.generation import ChatGenerator, load_chat_model
 from dial.params import DecodingParams
 
 SAMPLING = DecodingParams(temperature=1.0, max_new_tokens=6)

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from dial.chatbots import Chatbot, ChatbotError, ChatRequest, reply_all
 from dial.errors import DialError
 from dial.evaluation.stats import wilson_interval
-from dial.generation import ChatGenerator
+from dial.simulation.generation import ChatGenerator
 from dial.params import GuardrailParams, SimulateParams
 from dial.prompting import DEFAULT_END_MARKER, DEFAULT_MESSAGE_SEPARATOR, parse_user_turn, simulator_messages
 from dial.schemas import is_truncated
@@ -585,7 +585,7 @@ def run_simulate(
     io.SIMULATIONS.write(simulations, out_dir / "simulations.parquet")
     truncation = truncation_report(sim_messages, sim_sessions)
     log_truncation(simulator_id, truncation)
-    from dial.generation import default_device
+    from dial.simulation.generation import default_device
     from dial.training.common import resolve_precision
 
     summary = report(simulations, simulator_id, truncation)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from dial.generation import ChatGenerator, load_chat_model
+from dial.simulation.generation import ChatGenerator, load_chat_model
 from dial.params import DecodingParams
 
 
@@ -165,7 +165,7 @@ def reference_nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
 @pytest.mark.parametrize("top_p", [0.3, 0.9, 0.95, 0.999, 1.0])
 @pytest.mark.parametrize("temperature", [0.3, 1.0, 3.0])
 def test_nucleus_equals_the_full_sort_filter(top_p, temperature):
-    from dial.generation import nucleus
+    from dial.simulation.generation import nucleus
 
     generator = torch.Generator().manual_seed(7)
     # Peaked and flat rows: with temperature 3 the nucleus needs far more than the first 64 tokens.
@@ -178,7 +178,7 @@ def test_nucleus_equals_the_full_sort_filter(top_p, temperature):
 
 
 def test_sampling_follows_the_nucleus_distribution():
-    from dial.generation import sample_next
+    from dial.simulation.generation import sample_next
 
     probs = torch.tensor([0.5, 0.25, 0.15, 0.06, 0.04])
     scores = probs.log().expand(20000, -1)
@@ -199,7 +199,7 @@ def test_sampling_follows_the_nucleus_distribution():
 def test_a_peaked_distribution_samples_its_only_token_even_when_the_rest_underflow_to_zero(top_p):
     # exp(-2e4) is 0 in float32: only token 7 has mass. With top_p 1 the candidates are in id
     # order, so "the last candidate with mass" is not the count of non-zero entries minus one.
-    from dial.generation import sample_next
+    from dial.simulation.generation import sample_next
 
     scores = torch.full((50, 1000), -1e4)
     scores[:, 7] = 1e4
@@ -211,7 +211,7 @@ def test_a_peaked_distribution_samples_its_only_token_even_when_the_rest_underfl
     "text, ends", [(".", True), (" fine.", True), ("?", True), ('!"', True), (".)", True), ("...", False), ("…", False), (" ok", False), (",", False)]
 )
 def test_sentence_end_tokens(text, ends):
-    from dial.generation import _ends_sentence
+    from dial.simulation.generation import _ends_sentence
 
     assert _ends_sentence(text) is ends
 

@@ -1,7 +1,7 @@
 """`dial serve`: the OpenAI-compatible HTTP server around a local model, with dynamic batching.
 
 The server runs in-process here (the tiny model, one load for the module); tests/chatbots/
-test_openai_chatbot.py drives it as `python -m dial.serve` (startup line, SIGTERM).
+test_openai_chatbot.py drives it as `python -m dial.simulation.serve` (startup line, SIGTERM).
 """
 
 import json
@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from dial.errors import DialError
-from dial.serve import DialServer, serve
+from dial.simulation.serve import DialServer, serve
 
 KEY = "sk-serve-test-3a7d"
 MAX_POSITIONS = 512  # the server's context limit here (the tiny model itself allows 16384)
@@ -33,7 +33,7 @@ def one_torch_thread():
 
 @pytest.fixture(scope="module")
 def generator(tiny_model_dir):
-    from dial.generation import ChatGenerator
+    from dial.simulation.generation import ChatGenerator
 
     return ChatGenerator.load(tiny_model_dir, precision="fp32", batch_size=8)
 

@@ -2,7 +2,7 @@
 small OpenAI-compatible HTTP server — e.g. to evaluate a fine-tuned chatbot with the `openai`
 backend, or to give other tools the simulator itself.
 
-    python -m dial.serve --model-dir models/base --port 8000
+    python -m dial.simulation.serve --model-dir models/base --port 8000
     -> serving base on http://127.0.0.1:8000/v1
 
 Endpoints:
@@ -22,7 +22,7 @@ waiting request, collects more for up to `batch_wait_ms` (default 10) until `bat
 them by decoding params (temperature, top_p, max_tokens) and calls `ChatGenerator.generate` once
 per group. Concurrent clients are therefore served together. A request without `seed` gets the
 next value of a counter (so a run is reproducible given the arrival order); the same seed and
-messages give the same reply (up to float rounding of batch padding, see `dial.generation`).
+messages give the same reply (up to float rounding of batch padding, see `dial.simulation.generation`).
 
 Errors are JSON `{"error": {"message", "type"}}`: 400 for bad JSON or fields (or a prompt that does
 not fit the model's context), 401 without `Authorization: Bearer <key>` when `--api-key-env` names
@@ -55,9 +55,9 @@ from dial.errors import DialError
 from dial.params import DecodingParams
 
 if TYPE_CHECKING:
-    from dial.generation import ChatGenerator, Generated
+    from dial.simulation.generation import ChatGenerator, Generated
 
-log = logging.getLogger("dial.serve")  # not __main__ under `python -m dial.serve`
+log = logging.getLogger("dial.simulation.serve")  # not __main__ under `python -m dial.simulation.serve`
 
 DEFAULT_MAX_TOKENS = 256
 MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -510,7 +510,7 @@ class DialServer:
 
 def load_generator(model_dir: Path, adapter_dir: Path | None, precision: str, batch_size: int):
     """The `ChatGenerator` (and the model's context length) for `dial serve`."""
-    from dial.generation import ChatGenerator
+    from dial.simulation.generation import ChatGenerator
 
     if not Path(model_dir).is_dir():
         raise DialError(f"--model-dir {model_dir}: not a directory")

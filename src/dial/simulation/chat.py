@@ -9,10 +9,10 @@ from __future__ import annotations
 from typing import Callable
 
 from dial.chatbots import Chatbot, ChatRequest
-from dial.generation import ChatGenerator
+from dial.simulation.generation import ChatGenerator
 from dial.params import DecodingParams
 from dial.prompting import DEFAULT_END_MARKER, DEFAULT_MESSAGE_SEPARATOR, parse_user_turn, simulator_messages
-from dial.simulate import stable_seed
+from dial.simulation.simulate import stable_seed
 
 QUIT_COMMANDS = {"/quit", "/exit", "/end"}
 
