@@ -30,6 +30,8 @@ def main(
         paths.pairs_dir(iteration),
         paths.pairs_report(iteration),
         message_separator=params.sft_samples.message_separator,
+        simulator_id=simulator,
+        simulator_settings=params.simulator,
     )
 
 

@@ -29,6 +29,7 @@ def main(
         paths.simulate_report(simulator),
         paths.simulate_resume_file(simulator),
         message_separator=params.sft_samples.message_separator,
+        simulator_settings=params.simulator,
     )
 
 

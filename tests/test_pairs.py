@@ -495,3 +495,27 @@ def test_sessions_the_discriminator_trained_on_get_no_critical_point(discriminat
     kept_all = make_pairs(tiny_params(exclude_discriminator_train=False), sessions, messages, contexts, discriminator,
                           lambda: simulator, MARKER, progress=False, discriminator_train_sessions=trained_on)
     assert {p.session_id for p in kept_all.points} == {s for s in sessions["session_id"]}
+
+
+def test_run_pairs_samples_alternatives_on_a_served_simulator(discriminator, tiny_model_dir, tmp_path):
+    from serve_helpers import ServeProcess
+
+    from dial.params import SimulatorParams, SimulatorServerParams
+
+    model, tokenizer, _ = discriminator
+    disc_dir = save_discriminator(model, tokenizer, tmp_path / "disc", tiny_model_dir)
+    sessions, messages, contexts = toy_simulated(n_sessions=2)
+    write_simulated(tmp_path / "sim", sessions, messages)
+    io.CONTEXTS.write(contexts, tmp_path / "contexts.parquet")
+    server = ServeProcess(tiny_model_dir, tmp_path / "serve.log", "--model-name", "base", "--strict-model-name")
+    try:
+        settings = SimulatorParams(backend="openai", server=SimulatorServerParams(base_url=server.url, max_retries=0))
+        report = run_pairs(tiny_params(), MARKER, tmp_path / "sim", tmp_path / "contexts.parquet", disc_dir, tiny_model_dir, None,
+                           tmp_path / "out", tmp_path / "report.json", progress=False, simulator_settings=settings)
+        requests = server.health()["stats"]["requests"]
+    finally:
+        server.stop()
+    # Each alternative is its own request with its own seed, on the zero-shot simulator's served name.
+    assert report["candidates"] == 4 * report["critical_points"]["total"] > 0
+    assert requests == report["candidates"]
+    assert len(io.PAIR_CANDIDATES.read(tmp_path / "out" / "candidates.parquet")) == report["candidates"]

@@ -178,7 +178,7 @@ def chat(
     from dial import io, paths
     from dial.simulation.chat import chat_loop
     from dial.chatbots import make_chatbots
-    from dial.simulation.generation import ChatGenerator
+    from dial.simulation.backends import load_simulator
 
     params = load_params(params_file)
     contexts = io.CONTEXTS.read(paths.CONTEXTS_FILE)
@@ -202,7 +202,7 @@ def chat(
         messages = io.MESSAGES.read(paths.messages_file(paths.SCRUBBED_DIR))
         real = messages[messages["role"] == "assistant"].sort_values(["session_id", "turn_index"]).groupby("session_id")["text"].agg(list).to_dict()
         (bot,) = make_chatbots([configured[chatbot]], paths.BASE_MODEL_DIR, real, params.simulate.precision, 1)
-    generator = ChatGenerator.load(paths.BASE_MODEL_DIR, adapter, precision=params.simulate.precision, batch_size=1)
+    generator = load_simulator(simulator, params.simulator, paths.BASE_MODEL_DIR, adapter, params.simulate.precision, 1)
     typer.echo(f"simulator {simulator} as the user of session {row['session_id']}\ncontext summary: {row['current_summary']}\n")
     chat_loop(generator, row["context_text"], params.simulate.decoding, bot, ask=input, say=typer.echo,
               max_turns=max_turns, seed=seed, end_marker=params.sft_samples.end_marker,

@@ -118,7 +118,7 @@ from dial.prompting import (
 )
 from dial.rewards import critical_points, message_rewards
 from dial.simulation.simulate import stable_seed
-from dial.params import PairsParams  # noqa: F401 (defined with the other params)
+from dial.params import PairsParams, SimulatorParams  # noqa: F401 (PairsParams: defined with the other params)
 
 log = logging.getLogger(__name__)
 
@@ -695,7 +695,11 @@ def make_pairs(
     if points:
         simulator = load_simulator()
         started = time.perf_counter()
-        candidates, prompt_tokens = sample_alternatives(simulator, points, params, end_marker, progress, message_separator)
+        try:
+            candidates, prompt_tokens = sample_alternatives(simulator, points, params, end_marker, progress, message_separator)
+        finally:
+            if hasattr(simulator, "close"):
+                simulator.close()
         log.info("pairs: %d alternatives sampled in %.1f s", len(candidates), time.perf_counter() - started)
         started = time.perf_counter()
         encoder = SessionEncoder(tokenizer, view, budget, max_user_turns)
@@ -761,14 +765,18 @@ def run_pairs(
     report_file: Path,
     progress: bool = True,
     message_separator: str = DEFAULT_MESSAGE_SEPARATOR,
+    simulator_id: str | None = None,
+    simulator_settings: SimulatorParams | None = None,
 ) -> dict:
     """The `pairs` stage: read simulator S's sessions (`simulated_dir`), the contexts and D_S
     (`discriminator_dir`, on `base_model_dir`); sample with S (base model + `simulator_adapter_dir`,
-    None = zero-shot); write `out_dir/candidates.parquet`, `out_dir/pairs.parquet` and the report.
-    Returns the report."""
+    None = zero-shot; on the backend of `simulator_settings`, default local; `simulator_id` names
+    it, by default the adapter folder's name); write `out_dir/candidates.parquet`,
+    `out_dir/pairs.parquet` and the report. Returns the report."""
+    simulator = simulator_id or (Path(simulator_adapter_dir).name if simulator_adapter_dir is not None else "zero-shot")
     from dial import io, paths
     from dial.discriminator import SELECTION_FILE, load_discriminator
-    from dial.simulation.generation import ChatGenerator
+    from dial.simulation.backends import load_simulator
 
     simulated_dir, out_dir = Path(simulated_dir), Path(out_dir)
     sessions = io.SESSIONS.read(paths.sessions_file(simulated_dir))
@@ -780,11 +788,12 @@ def run_pairs(
         raise DialError(f"{selection_file}: missing (the discriminator stage writes it); re-run the discriminator stage")
     trained_on = json.loads(selection_file.read_text(encoding="utf-8"))["train"]["simulated"]
 
-    def load_simulator():
-        return ChatGenerator.load(base_model_dir, simulator_adapter_dir, params.precision, params.generate_batch_size)
+    def simulator_generator():
+        return load_simulator(simulator, simulator_settings or SimulatorParams(), base_model_dir, simulator_adapter_dir,
+                              params.precision, params.generate_batch_size)
 
     result = make_pairs(
-        params, sessions, messages, contexts, discriminator, load_simulator, end_marker, progress, trained_on, message_separator
+        params, sessions, messages, contexts, discriminator, simulator_generator, end_marker, progress, trained_on, message_separator
     )
     io.PAIR_CANDIDATES.write(result.candidates, out_dir / "candidates.parquet")
     io.PREFERENCE_PAIRS.write(result.pairs, out_dir / "pairs.parquet")

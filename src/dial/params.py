@@ -220,6 +220,35 @@ class GuardrailParams(Section):
     max_retries: int = Field(default=3, ge=0)
 
 
+class SimulatorServerParams(Section):
+    """The OpenAI-compatible server that generates the simulator's messages (`simulator.backend:
+    openai`): vLLM with one LoRA adapter per simulator, or `dial serve` (README, "Simulators on a
+    server")."""
+
+    base_url: str = "http://127.0.0.1:8000/v1"
+    # The served model of each simulator: "{simulator}" becomes sft, it1, ... (vLLM:
+    # `--lora-modules sft=models/simulator/sft it1=...`); zero-shot asks for `base_model`.
+    model: str = "{simulator}"
+    base_model: str = "base"
+    api_key_env: str = ""  # name of the env var holding the key (the key is never logged)
+    timeout_s: float = Field(default=120.0, gt=0)
+    max_retries: int = Field(default=3, ge=0)
+    max_concurrency: int = Field(default=16, gt=0)  # requests in flight (the server batches them)
+
+    def served_model(self, simulator: str) -> str:
+        return self.base_model if simulator == "zero-shot" else self.model.replace("{simulator}", simulator)
+
+
+class SimulatorParams(Section):
+    """Where the simulator's messages are generated, for every stage that generates them
+    (simulate, pairs, `dial chat`, `dial evaluate-chatbot`). local: the base model + the
+    simulator's adapter, loaded in the stage's process; openai: requests to `server`. Prompts are
+    rendered the same way in both (chat messages, the simulator's chat template)."""
+
+    backend: Literal["local", "openai"] = "local"
+    server: SimulatorServerParams = Field(default_factory=SimulatorServerParams)
+
+
 class ChatbotParams(Section):
     """One system under test. `hf`: a local transformers model (default: the base model) with a
     system prompt; `openai`: any OpenAI-compatible chat-completions endpoint; `replay`: the real
@@ -479,6 +508,7 @@ class Params(Section):
     split: SplitParams = Field(default_factory=SplitParams)
     sft_samples: SftSamplesParams = Field(default_factory=SftSamplesParams)
     sft: SftParams = Field(default_factory=SftParams)
+    simulator: SimulatorParams = Field(default_factory=SimulatorParams)
     simulate: SimulateParams = Field(default_factory=SimulateParams)
     chatbots: list[ChatbotParams] = Field(default_factory=_default_chatbots)
     dial: DialParams = Field(default_factory=DialParams)
@@ -503,6 +533,16 @@ class Params(Section):
                 decoding = SimulateParams().decoding
             data = {**data, "pairs": {**(pairs or {}), "decoding": decoding}}
         return data
+
+    @model_validator(mode="after")
+    def _server_simulator_decodes_on_the_server(self) -> "Params":
+        if self.simulator.backend == "openai":
+            for section in ("simulate", "pairs"):
+                if getattr(self, section).decoding.max_sentences:
+                    raise ValueError(
+                        f"{section}.decoding.max_sentences is a local decoding rule; simulator.backend openai cannot honour it"
+                    )
+        return self
 
     @model_validator(mode="after")
     def _chatbot_names_unique(self) -> "Params":

@@ -7,17 +7,15 @@
 
 import json
 import logging
-import os
-import queue
 import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+
+from serve_helpers import ServeProcess
 
 from dial import openai_client
 from dial.chatbots import make_chatbots
@@ -28,55 +26,6 @@ from dial.params import ChatbotParams, DecodingParams
 
 CONCURRENCY = 3  # every chatbot talking to the tiny-model server uses this: its peak in-flight count
 KEY = "sk-chatbot-test-81f2e0"
-
-
-# --------------------------------------------------------------------------------------------
-# The tiny-model server (a subprocess)
-
-
-class ServeProcess:
-    """`python -m dial.simulation.serve` on a free port; `.url` waits for its "serving ... on URL" line."""
-
-    def __init__(self, model_dir, log_path, *args: str) -> None:
-        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TQDM_DISABLE="1")
-        self.log_path = log_path
-        self.log = open(log_path, "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dial.simulation.serve", "--model-dir", str(model_dir), "--port", "0", "--threads", "1", *args],
-            stdout=subprocess.PIPE, stderr=self.log, text=True, env=env,
-        )
-        self.lines: queue.Queue = queue.Queue()
-        threading.Thread(target=lambda: [self.lines.put(line) for line in self.proc.stdout], daemon=True).start()
-        self._url = None
-
-    @property
-    def url(self) -> str:
-        deadline = time.monotonic() + 180
-        while self._url is None:
-            try:
-                line = self.lines.get(timeout=0.2)
-            except queue.Empty:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"dial.simulation.serve did not start (exit {self.proc.poll()}):\n{self.log_path.read_text()}")
-                continue
-            if line.startswith("serving "):
-                self._url = line.split(" on ", 1)[1].strip()
-        return self._url
-
-    def health(self) -> dict:
-        with urllib.request.urlopen(self.url.removesuffix("/v1") + "/health", timeout=10) as response:
-            return json.loads(response.read())
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-        return self.proc.returncode
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -59,7 +59,7 @@ def evaluate_chatbots(
     """Simulate `n_contexts` held-out contexts × `n_simulations` against each named chatbot (from
     `params.chatbots`), judge every session, and summarise per chatbot (+ A/B test for two)."""
     from dial.chatbots import make_chatbots
-    from dial.simulation.generation import ChatGenerator
+    from dial.simulation.backends import load_simulator
     from dial.simulation.simulate import Simulation, plan_sessions, select_contexts, to_frames
 
     configured = {chatbot.name: chatbot for chatbot in params.chatbots}
@@ -80,7 +80,8 @@ def evaluate_chatbots(
     real_assistant = (
         messages[messages["role"] == "assistant"].sort_values(["session_id", "turn_index"]).groupby("session_id")["text"].agg(list).to_dict()
     )
-    simulator = ChatGenerator.load(paths.BASE_MODEL_DIR, adapter, simulate_params.precision, simulate_params.batch_size)
+    simulator = load_simulator(simulator_id, params.simulator, paths.BASE_MODEL_DIR, adapter, simulate_params.precision,
+                               simulate_params.batch_size)
     chatbots = make_chatbots([configured[name] for name in chatbot_names], paths.BASE_MODEL_DIR, real_assistant,
                              simulate_params.precision, simulate_params.batch_size)
     try:
@@ -91,6 +92,8 @@ def evaluate_chatbots(
     finally:
         for chatbot in chatbots:
             chatbot.close()
+        if hasattr(simulator, "close"):
+            simulator.close()
     sim_sessions, sim_messages, simulations = to_frames(states, simulator_id)
 
     taxonomy = load_taxonomy(params.judge.taxonomy)

@@ -9,7 +9,8 @@ Endpoints:
 
 * `POST /v1/chat/completions`: `messages` (system/user/assistant; content a string or a list of
   text parts), `temperature` (default 1), `top_p` (default 1), `max_tokens` (or
-  `max_completion_tokens`; default 256), `seed`, `model` (accepted, not checked). Returns the
+  `max_completion_tokens`; default 256), `seed`, `model` (accepted, not checked, unless
+  `--strict-model-name`: then another name is a 404, as with vLLM). Returns the
   standard JSON (`choices[0].message.content`, `finish_reason` "stop" or "length", `usage`) plus a
   `dial` object: the seed used and the size of the batch the request was generated in. Streaming and
   `n` > 1 are not supported (HTTP 400); other fields (`stop`, penalties, ...) are ignored.
@@ -329,13 +330,15 @@ class DialHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
 
-    def __init__(self, address, engine: BatchingEngine, stats: Stats, model_name: str, api_key: str | None) -> None:
+    def __init__(self, address, engine: BatchingEngine, stats: Stats, model_name: str, api_key: str | None,
+                 strict_model_name: bool = False) -> None:
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
         self.engine = engine
         self.stats = stats
         self.model_name = model_name
+        self.strict_model_name = strict_model_name
         self.api_key = api_key
         self.created = int(time.time())
         self.stopping = False
@@ -389,6 +392,7 @@ class _Handler(BaseHTTPRequestHandler):
         ok = False
         try:
             messages, decoding, seed = parse_chat_request(body)
+            self._check_model(body)
             result: Result = self.server.engine.submit(messages, decoding, seed).result()
             self._send(200, self._completion(result))
             ok = True
@@ -399,6 +403,15 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(RequestError(500, f"{type(exc).__name__}: {exc}", "server_error"))
         finally:
             self.server.stats.request_finished(ok)
+
+    def _check_model(self, body: bytes) -> None:
+        """With --strict-model-name, a request for another model is a 404, as vLLM answers a
+        request for an adapter it has not loaded."""
+        if not self.server.strict_model_name:
+            return
+        requested = json.loads(body.decode("utf-8")).get("model")
+        if requested != self.server.model_name:
+            raise RequestError(404, f"The model `{requested}` does not exist (serving `{self.server.model_name}`).", "model_not_found")
 
     def _completion(self, result: Result) -> dict[str, Any]:
         generated = result.generated
@@ -466,11 +479,11 @@ class DialServer:
 
     def __init__(self, generator: "ChatGenerator", host: str = "127.0.0.1", port: int = 0, *,
                  model_name: str = "model", api_key: str | None = None, batch_size: int = 16,
-                 batch_wait_ms: float = 10, max_positions: int | None = None) -> None:
+                 batch_wait_ms: float = 10, max_positions: int | None = None, strict_model_name: bool = False) -> None:
         self.stats = Stats()
         self.engine = BatchingEngine(generator, batch_size, batch_wait_ms, self.stats, max_positions)
         try:
-            self.httpd = DialHTTPServer((host, port), self.engine, self.stats, model_name, api_key or None)
+            self.httpd = DialHTTPServer((host, port), self.engine, self.stats, model_name, api_key or None, strict_model_name)
         except OSError as exc:
             self.engine.close(timeout=1)
             raise DialError(f"cannot listen on {host}:{port}: {exc}") from exc
@@ -534,6 +547,7 @@ def serve(
     model_name: str | None = None,
     api_key_env: str | None = None,
     threads: int | None = None,
+    strict_model_name: bool = False,
 ) -> None:
     """Load the model and serve it until SIGTERM / SIGINT (see the module doc). Prints one line,
     `serving <model_name> on http://<host>:<port>/v1`, to stdout once it accepts requests."""
@@ -551,7 +565,8 @@ def serve(
     model_name = model_name or Path(adapter_dir or model_dir).name
     generator, max_positions = load_generator(model_dir, adapter_dir, precision, batch_size)
     server = DialServer(generator, host, port, model_name=model_name, api_key=api_key,
-                        batch_size=batch_size, batch_wait_ms=batch_wait_ms, max_positions=max_positions)
+                        batch_size=batch_size, batch_wait_ms=batch_wait_ms, max_positions=max_positions,
+                        strict_model_name=strict_model_name)
 
     stop = threading.Event()
     previous: dict[int, Any] = {}
@@ -594,9 +609,12 @@ def serve_command(
     api_key_env: Optional[str] = typer.Option(
         None, help="Env var holding the API key clients must send as 'Authorization: Bearer <key>'."),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
+    strict_model_name: bool = typer.Option(
+        False, help="Answer a request naming another model with 404 (as vLLM does for an adapter it has not loaded)."),
 ) -> None:
     """Serve a local chat model as an OpenAI-compatible endpoint (POST /v1/chat/completions)."""
-    serve(model_dir, adapter_dir, host, port, batch_size, batch_wait_ms, precision, model_name, api_key_env, threads)
+    serve(model_dir, adapter_dir, host, port, batch_size, batch_wait_ms, precision, model_name, api_key_env, threads,
+          strict_model_name)
 
 
 if __name__ == "__main__":

@@ -40,8 +40,9 @@ from tqdm.auto import tqdm
 from dial.chatbots import Chatbot, ChatbotError, ChatRequest, reply_all
 from dial.errors import DialError
 from dial.evaluation.stats import wilson_interval
+from dial.params import GuardrailParams, SimulateParams, SimulatorParams
+from dial.simulation.backends import SimulatorServerError, load_simulator
 from dial.simulation.generation import ChatGenerator
-from dial.params import GuardrailParams, SimulateParams
 from dial.prompting import DEFAULT_END_MARKER, DEFAULT_MESSAGE_SEPARATOR, parse_user_turn, simulator_messages
 from dial.schemas import is_truncated
 from dial.summarise import verbatim_leak
@@ -518,10 +519,13 @@ def run_simulate(
     resume_path: Path,
     progress: bool = True,
     message_separator: str = DEFAULT_MESSAGE_SEPARATOR,
+    simulator_settings: SimulatorParams | None = None,
 ) -> pd.DataFrame:
     """Stage: simulate held-out contexts × simulations × chatbots with one simulator.
 
-    `adapter_dir` is the simulator's LoRA adapter (None for the zero-shot base model)."""
+    `adapter_dir` is the simulator's LoRA adapter (None for the zero-shot base model);
+    `simulator_settings` where its messages are generated (`simulator:` params; default local)."""
+    simulator_settings = simulator_settings or SimulatorParams()
     from dial import io, paths
     from dial.chatbots import make_chatbots
     from dial.checks import assert_checks
@@ -541,6 +545,7 @@ def run_simulate(
         fingerprint(
             simulator_id, params.model_dump(), [c.model_dump() for c in chatbot_params], end_marker, message_separator,
             list(selected["session_id"]), _model_stamp(base_model_dir), _model_stamp(adapter_dir),
+            simulator_settings.model_dump(),
         ),
     )
     finished = resume.load()
@@ -557,7 +562,7 @@ def run_simulate(
         real_assistant = (
             messages[messages["role"] == "assistant"].sort_values(["session_id", "turn_index"]).groupby("session_id")["text"].agg(list).to_dict()
         )
-        simulator = ChatGenerator.load(base_model_dir, adapter_dir, precision=params.precision, batch_size=params.batch_size)
+        simulator = load_simulator(simulator_id, simulator_settings, base_model_dir, adapter_dir, params.precision, params.batch_size)
         chatbots = make_chatbots(chatbot_params, base_model_dir, real_assistant, params.precision, params.batch_size)
         simulation = Simulation(
             simulator, chatbots, params, end_marker, on_round_end=lambda _: resume.save(states),
@@ -565,12 +570,14 @@ def run_simulate(
         )
         try:
             simulation.run(states, progress=progress)
-        except ChatbotError:
-            resume.save(states)
+        except (ChatbotError, SimulatorServerError):
+            resume.save(states)  # finished sessions survive for the next run
             raise
         finally:
             for chatbot in chatbots:
                 chatbot.close()
+            if hasattr(simulator, "close"):
+                simulator.close()
         stats = simulation.stats
         log.info(
             "simulate %s: %d rounds, %d user tokens in %.1f s (%.1f user tokens/s incl. chatbots)",
@@ -592,6 +599,9 @@ def run_simulate(
     # What `auto` resolved to (the simulator's and hf chatbots' dtype): bf16 and fp32 machines
     # sample different sessions from the same seeds.
     summary["precision"] = resolve_precision(params.precision, default_device())
+    summary["simulator_backend"] = simulator_settings.backend
+    if simulator_settings.backend == "openai":
+        summary["served_model"] = simulator_settings.server.served_model(simulator_id)
     io.write_json_atomic(report_path, summary)
     resume.clear()
     return simulations
