@@ -386,6 +386,26 @@ def test_shallow_backbone_is_saved_and_restored(tiny_model_dir, tmp_path):
     assert np.allclose(scores["logit"], again["logit"], equal_nan=True)
 
 
+def test_a_loaded_discriminator_lives_on_the_device_asked_for_or_the_default_one(tiny_model_dir, tmp_path, monkeypatch):
+    """Scoring (discriminator and pairs stages) runs where the model is: CUDA when present. On this
+    CPU machine the meta device stands in for it; no parameter or buffer may stay behind."""
+    import torch
+
+    import dial.simulation.generation as generation
+
+    params = DiscriminatorParams(n_layers=1, n_train=2, n_valid=0, seed=3, epochs=1)
+    real_s, real_m, sim_s, sim_m, contexts = toy_corpus(2)
+    train_discriminator(params, real_s, real_m, sim_s, sim_m, contexts, tiny_model_dir, tmp_path / "d", progress=False)
+
+    def devices(model):
+        return {tensor.device.type for tensor in [*model.parameters(), *model.buffers()]}
+
+    assert devices(load_discriminator(tmp_path / "d", tiny_model_dir)[0]) == {"cpu"}
+    assert devices(load_discriminator(tmp_path / "d", tiny_model_dir, device=torch.device("meta"))[0]) == {"meta"}
+    monkeypatch.setattr(generation, "default_device", lambda: torch.device("meta"))  # as if CUDA were present
+    assert devices(load_discriminator(tmp_path / "d", tiny_model_dir)[0]) == {"meta"}
+
+
 def test_encoding_leaves_the_tokenizer_as_it_was(tiny_tokenizer):
     """Texts are tokenised with special tokens split, without leaking that setting into the shared
     tokenizer (transformers 5 keeps it set on the fast backend after a call)."""

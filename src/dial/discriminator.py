@@ -385,9 +385,13 @@ def new_discriminator(base_model_dir: Path, params: DiscriminatorParams):
         return get_peft_model(model, discriminator_lora_config(params.lora, model))
 
 
-def load_discriminator(model_dir: Path, base_model_dir: Path | None = None):
-    """(model in eval mode, tokenizer, manifest) of a trained discriminator folder."""
+def load_discriminator(model_dir: Path, base_model_dir: Path | None = None, device=None):
+    """(model in eval mode on `device`, tokenizer, manifest) of a trained discriminator folder.
+    `device`: default CUDA when present, else the CPU (scoring in the discriminator and pairs
+    stages runs where the model is)."""
     from peft import PeftModel
+
+    from dial.simulation.generation import default_device
 
     from dial.models import load_tokenizer
 
@@ -403,7 +407,7 @@ def load_discriminator(model_dir: Path, base_model_dir: Path | None = None):
     backbone = load_backbone(base_model_dir, seed=0, n_layers=n_layers)  # the head is replaced by the saved one
     with quiet_peft_deprecation():
         model = PeftModel.from_pretrained(backbone, str(model_dir))
-    model.eval()
+    model.to(device or default_device()).eval()
     return model, load_tokenizer(model_dir), manifest
 
 

@@ -268,3 +268,15 @@ def test_max_sentences_ends_a_reply_at_a_sentence_not_at_the_cap(generator, max_
     assert (result.n_tokens, result.hit_max_tokens) == (n_tokens, hit_max_tokens)
     if max_sentences:
         assert result.text.endswith(".")  # the full stop is text, kept (unlike an end-of-turn token)
+
+
+def test_the_default_device_is_cuda_when_present_and_models_load_onto_it(tiny_model_dir, monkeypatch):
+    from dial.simulation.generation import default_device, load_chat_model
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert default_device() == torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert default_device() == torch.device("cpu")
+    # The meta device stands in for CUDA here: every parameter and buffer goes where it is asked.
+    model, _ = load_chat_model(tiny_model_dir, precision="fp32", device=torch.device("meta"))
+    assert {t.device.type for t in [*model.parameters(), *model.buffers()]} == {"meta"}

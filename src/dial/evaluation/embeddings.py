@@ -46,16 +46,20 @@ def embed_texts(model_dir: Path, texts: Sequence[str], batch_size: int = 32) -> 
     import torch
     from transformers import AutoModel, AutoTokenizer
 
+    from dial.simulation.generation import default_device
+
+    device = default_device()
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-    model = AutoModel.from_pretrained(str(model_dir), local_files_only=True).eval()
+    model = AutoModel.from_pretrained(str(model_dir), local_files_only=True).to(device).eval()
     rows = []
     with torch.inference_mode():
         for start in range(0, len(texts), batch_size):
             batch = tokenizer(list(texts[start : start + batch_size]), padding=True, truncation=True, max_length=256, return_tensors="pt")
+            batch = {name: tensor.to(device) for name, tensor in batch.items()}
             hidden = model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            rows.append(torch.nn.functional.normalize(pooled, dim=-1).double().numpy())
+            rows.append(torch.nn.functional.normalize(pooled, dim=-1).double().cpu().numpy())
     return np.concatenate(rows) if rows else np.zeros((0, 0))
 
 
