@@ -9,6 +9,7 @@
     dial serve --model-dir D  an OpenAI-compatible endpoint for a local model
     dial pipeline             rewrite dvc.yaml's per-iteration stages from dial.iterations
     dial evaluate-chatbot     a trained simulator against your chatbot(s): issue rates, A/B test
+    dial export SIM OUT       a trained simulator as a merged Hugging Face checkpoint with a model card
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import typer
 from dial import io
 from dial.checks import connect, run_checks
 from dial.params import load_params
+from dial.pipeline import simulator_ids
 from dial.stage import configure_logging, fail, guarded
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help=__doc__)
@@ -218,7 +220,7 @@ def pipeline(
 ) -> None:
     """Write one simulate/discriminator stage per simulator and one pairs/dpo stage per DIAL
     iteration into dvc.yaml, as `dial.iterations` in params.yaml asks (everything else is kept)."""
-    from dial.pipeline import foreach_items, simulator_ids, stage_items, sync_dvc_yaml
+    from dial.pipeline import foreach_items, stage_items, sync_dvc_yaml
 
     iterations = load_params(params_file).dial.iterations
     if check:
@@ -249,6 +251,33 @@ def evaluate_chatbot(
     simulator = simulator or simulator_ids(params.dial.iterations)[-1]
     result = evaluate_chatbots(params, simulator, chatbot, n_contexts, n_simulations, out)
     typer.echo(render_summary(result))
+
+
+@app.command()
+@guarded
+def export(
+    simulator: str = typer.Argument(..., help="zero-shot, sft, or a DIAL iteration (it1, ...)."),
+    out: Path = typer.Argument(..., help="A new folder for the merged checkpoint."),
+    params_file: Path = typer.Option(Path("params.yaml")),
+) -> None:
+    """Write a trained simulator as a merged Hugging Face checkpoint (safetensors, tokenizer and chat
+    template, model card with its data, params and realism metrics) that vLLM, `dial serve` or
+    another harness loads."""
+    import yaml
+
+    from dial import paths
+    from dial.simulation.export import export_simulator
+
+    params = load_params(params_file)
+    if simulator not in simulator_ids(params.dial.iterations):
+        fail(f"unknown simulator {simulator!r} (have: {', '.join(simulator_ids(params.dial.iterations))})")
+    export_simulator(
+        simulator, out, paths.BASE_MODEL_DIR, paths.simulator_adapter_dir(simulator),
+        yaml.safe_load(Path(params_file).read_text(encoding="utf-8")),
+        params.sft_samples.end_marker, params.sft_samples.message_separator,
+        metrics_file=paths.REPORTS / "metrics.json", data_report_file=paths.REPORTS / "data.json",
+    )
+    typer.echo(f"exported {simulator} to {out} (serve it: vllm serve {out}, or dial serve --model-dir {out})")
 
 
 def _serve_command():
