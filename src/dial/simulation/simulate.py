@@ -480,11 +480,11 @@ class ResumeFile:
         return finished
 
     def save(self, states: Sequence[SessionState]) -> None:
+        from dial.io import write_text_atomic
+
         finished = [asdict(state) for state in states if state.stop_reason is not None]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_name(f".{self.path.name}.tmp")
-        temporary.write_text(json.dumps({"fingerprint": self.fingerprint, "finished": finished}), encoding="utf-8")
-        temporary.replace(self.path)
+        # A temporary file of its own: two processes saving at once never rename each other's half-written file.
+        write_text_atomic(self.path, json.dumps({"fingerprint": self.fingerprint, "finished": finished}))
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import time
 import types
@@ -262,17 +263,60 @@ def run_key(fingerprint: dict) -> str:
     return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
 
 
+RUN_LOCK = ".in-use"
+_held_locks: dict[Path, int] = {}  # run folder -> open file descriptor holding its lock (this process)
+
+
+def _lock_run_dir(run_dir: Path) -> None:
+    """Hold an exclusive lock on `run_dir` until `release_run_dir` or the process ends (the OS
+    drops it then, even after a crash), so another process never deletes a run in progress."""
+    import fcntl
+
+    if run_dir in _held_locks:
+        return
+    fd = os.open(run_dir / RUN_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # the same run in another process: wait for it
+    _held_locks[run_dir] = fd
+
+
+def release_run_dir(run_dir: Path) -> None:
+    fd = _held_locks.pop(Path(run_dir), None)
+    if fd is not None:
+        os.close(fd)  # closing drops the lock
+
+
+def _in_use_elsewhere(run_dir: Path) -> bool:
+    import fcntl
+
+    if run_dir in _held_locks or not (run_dir / RUN_LOCK).exists():
+        return False
+    fd = os.open(run_dir / RUN_LOCK, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
 def checkpoint_run_dir(checkpoint_dir: Path, key: str) -> Path:
-    """The folder for run `key` under `checkpoint_dir`; checkpoints of other runs (other params or
-    data) are removed, since they can never be resumed into this one."""
+    """The folder for run `key` under `checkpoint_dir`, locked by this process; checkpoints of
+    other runs (other params or data) are removed, since they can never be resumed into this one,
+    unless another process is using them (two experiments sharing `.dial/`)."""
     checkpoint_dir = Path(checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     for stale in sorted(checkpoint_dir.iterdir()):
         if stale.is_dir() and stale.name != key:
+            if _in_use_elsewhere(stale):
+                log.info("keeping checkpoints of a run in progress in another process: %s", stale)
+                continue
+            release_run_dir(stale)
             log.info("removing checkpoints of another run: %s", stale)
             shutil.rmtree(stale, ignore_errors=True)
     run_dir = checkpoint_dir / key
     run_dir.mkdir(exist_ok=True)
+    _lock_run_dir(run_dir)
     return run_dir
 
 

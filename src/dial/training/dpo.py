@@ -61,6 +61,7 @@ from dial.training.common import (
     logged_losses,
     lora_config,
     parameter_counts,
+    release_run_dir,
     quiet_trainer_output,
     resolve_precision,
     run_key,
@@ -427,6 +428,7 @@ def run_dpo(
     write_loss_csv(Path(loss_file), trainer.state.log_history)
     io.write_json_atomic(report_file, summary)
     shutil.rmtree(run_dir, ignore_errors=True)  # published: the checkpoints are no longer needed
+    release_run_dir(run_dir)
     log.info(
         "DPO adapter written to %s (%d steps, %.0f tokens/s)", out_dir, summary["steps"], throughput.tokens_per_second
     )

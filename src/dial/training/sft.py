@@ -45,6 +45,7 @@ from dial.training.common import (
     logged_losses,
     lora_config,
     parameter_counts,
+    release_run_dir,
     quiet_trainer_output,
     resolve_precision,
     run_key,
@@ -518,6 +519,7 @@ def run_sft(
     write_loss_csv(Path(loss_path), trainer.state.log_history)
     io.write_json_atomic(report_path, summary)
     shutil.rmtree(run_dir, ignore_errors=True)  # published: the checkpoints are no longer needed
+    release_run_dir(run_dir)
     log.info(
         "SFT adapter written to %s (%d steps, %d tokens/s)", out_dir, summary["steps"], throughput.tokens_per_second
     )
