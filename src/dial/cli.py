@@ -233,6 +233,74 @@ def pipeline(
     typer.echo(f"{dvc_yaml}: {'rewritten' if changed else 'already up to date'} for {iterations} iterations (simulators: {simulators})")
 
 
+def flatten_overrides(override: dict, prefix: str = "") -> dict[str, object]:
+    """{"sft": {"learning_rate": 5e-5}} -> {"sft.learning_rate": 5e-5}; lists stay whole values."""
+    flat: dict[str, object] = {}
+    for key, value in override.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_overrides(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+@app.command()
+@guarded
+def overrides(
+    config: Path = typer.Argument(..., help="A YAML file of params overrides, e.g. configs/gpu.yaml."),
+    write: bool = typer.Option(False, "--write", help="Merge into params.yaml (comments kept) instead of printing -S flags."),
+    params_file: Path = typer.Option(Path("params.yaml")),
+) -> None:
+    """Apply a params profile: print it as `-S key=value` flags for `dvc exp run $(dial overrides FILE)`,
+    or merge it into params.yaml with --write. Either way the merged params are validated first."""
+    import yaml
+
+    from dial.params import Params, ParamsError
+    from dial.workspace import deep_update
+
+    try:
+        override = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        fail(f"{config}: {exc}")
+    merged = deep_update(yaml.safe_load(params_file.read_text(encoding="utf-8")), override)
+    try:
+        Params.model_validate(merged)
+    except ValueError as exc:
+        raise ParamsError(f"{config} over {params_file}: invalid params: {exc}") from exc
+    if write:
+        from io import StringIO
+
+        from ruamel.yaml import YAML
+
+        from dial.io import write_text_atomic
+        from dial.pipeline import sync_dvc_yaml
+
+        def update_in_place(node, values: dict) -> None:  # keeps params.yaml's comments
+            for key, value in values.items():
+                if isinstance(value, dict) and isinstance(node.get(key), dict):
+                    update_in_place(node[key], value)
+                else:
+                    node[key] = value
+
+        round_trip = YAML()
+        document = round_trip.load(params_file.read_text(encoding="utf-8"))
+        update_in_place(document, override)
+        buffer = StringIO()
+        round_trip.dump(document, buffer)
+        write_text_atomic(params_file, buffer.getvalue())
+        sync_dvc_yaml(Path("dvc.yaml"), merged.get("dial", {}).get("iterations", 2))
+        typer.echo(f"merged {config} into {params_file}; dvc.yaml synced to dial.iterations", err=True)
+        return
+    flags = []
+    for key, value in flatten_overrides(override).items():
+        text = yaml.safe_dump(value, default_flow_style=True, width=10**9).strip().removesuffix("\n...").strip()
+        if any(ch.isspace() for ch in text):
+            fail(f"{config}: {key} = {text!r} holds whitespace, which $(...) would split; use --write")
+        flags.append(f"-S {key}={text}")
+    typer.echo(" ".join(flags))
+
+
 @app.command("evaluate-chatbot")
 @guarded
 def evaluate_chatbot(
