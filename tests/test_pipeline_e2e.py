@@ -25,27 +25,7 @@ import yaml
 from dial.workspace import copy_project, run
 
 REPO = Path(__file__).resolve().parents[1]
-SMOKE = {
-    "data": {"max_sessions": 24},
-    "split": {"valid_fraction": 0.2, "test_fraction": 0.2},
-    "sft": {"max_train_samples": 6, "max_sample_tokens": 768, "save_steps": 4},
-    "simulate": {"n_contexts": 4, "max_turns": 2, "decoding": {"max_new_tokens": 10}},
-    "dial": {"iterations": 1},
-    "discriminator": {"n_layers": 2, "n_train": 3, "n_valid": 1, "max_tokens": 512},
-    # An alternative cut at max_new_tokens is never paired, and a 6-sample SFT rambles: one sentence
-    # ends most alternatives well before 48 tokens.
-    "pairs": {"n_alternatives": 4, "max_sessions": 3, "decoding": {"max_new_tokens": 48, "max_sentences": 1},
-              "require_opposite_signs": False},
-    # No warmup: with warmup the first step has learning rate 0, and a 2-step run logs the same
-    # rewards for any beta, so the beta experiment below could not show a metrics difference.
-    # 2 epochs: one kept pair gives 2 steps.
-    "dpo": {"max_train_pairs": 3, "warmup_ratio": 0.0, "epochs": 2},
-    "evaluate": {"termination": {"n_sessions": 2, "max_new_tokens": 8}},
-    "chatbots": [
-        {"name": "supportive", "backend": "hf", "system_prompt": "Be kind and brief.", "decoding": {"max_new_tokens": 10}},
-        {"name": "replay", "backend": "replay"},
-    ],
-}
+SMOKE = yaml.safe_load((REPO / "configs" / "smoke.yaml").read_text(encoding="utf-8"))  # shared with bench/gpu_check.py
 PRECISION_SECTIONS = ("sft", "simulate", "discriminator", "pairs", "dpo")  # every model stage's precision knob
 DATA_STAGES = ["ingest", "scrub_pii", "split", "build_contexts", "sft_samples"]
 SIMULATORS = ["zero-shot", "sft", "it1"]

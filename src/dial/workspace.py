@@ -98,5 +98,5 @@ def repro_timed(root: Path, stages: list[str] | None = None) -> list[dict]:
         seconds = time.perf_counter() - started
         if os.waitstatus_to_exitcode(status) != 0:
             raise RuntimeError(f"`dvc repro -s {stage}` failed in {root}:\n{output[-4000:]}")
-        results.append({"stage": stage, "seconds": seconds, "peak_rss_gib": usage.ru_maxrss / 2**20})
+        results.append({"stage": stage, "seconds": seconds, "peak_rss_gib": usage.ru_maxrss / 2**20, "output": output})
     return results
