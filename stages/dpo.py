@@ -1,6 +1,7 @@
 """DVC stage `dpo@<iteration>`: DPO on the iteration's preference pairs, with the previous
 simulator as the reference policy → the next simulator."""
 
+import sys
 from pathlib import Path
 
 import typer
@@ -8,7 +9,7 @@ import typer
 from dial import paths
 from dial.params import load_params
 from dial.pipeline import check_iteration, previous_simulator
-from dial.stage import run_stage
+from dial.stage import relaunch_under_accelerate, run_stage
 from dial.training.dpo import run_dpo
 
 
@@ -18,6 +19,8 @@ def main(
 ) -> None:
     params = load_params(params_file)
     check_iteration(iteration, params.dial.iterations)
+    if relaunch_under_accelerate(params.training, __file__, sys.argv[1:]):
+        return
     run_dpo(
         params.dpo,
         paths.pairs_dir(iteration) / "pairs.parquet",

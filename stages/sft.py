@@ -1,15 +1,18 @@
 """DVC stage `sft`: LoRA SFT of the user simulator on the flipped-dialogue samples."""
 
+import sys
 from pathlib import Path
 
 from dial import paths
 from dial.params import load_params
-from dial.stage import run_stage
+from dial.stage import relaunch_under_accelerate, run_stage
 from dial.training.sft import run_sft
 
 
 def main(params_file: Path = Path("params.yaml")) -> None:
     params = load_params(params_file)
+    if relaunch_under_accelerate(params.training, __file__, sys.argv[1:]):
+        return
     run_sft(
         params.sft,
         paths.SFT_SAMPLES_FILE,

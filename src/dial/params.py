@@ -220,6 +220,17 @@ class GuardrailParams(Section):
     max_retries: int = Field(default=3, ge=0)
 
 
+class TrainingLaunchParams(Section):
+    """How the SFT and DPO stages start (README, "Training on several devices"): `none`, one
+    process; `accelerate`, the stage re-launches itself under `accelerate launch` with
+    `num_processes` processes (DDP; on a machine without CUDA they train on the CPU over gloo), or
+    with `config_file` (configs/accelerate/: DDP, FSDP, DeepSpeed ZeRO-3) when given."""
+
+    launcher: Literal["none", "accelerate"] = "none"
+    num_processes: int = Field(default=1, ge=1)
+    config_file: str = ""
+
+
 class SimulatorServerParams(Section):
     """The OpenAI-compatible server that generates the simulator's messages (`simulator.backend:
     openai`): vLLM with one LoRA adapter per simulator, or `dial serve` (README, "Simulators on a
@@ -509,6 +520,7 @@ class Params(Section):
     sft_samples: SftSamplesParams = Field(default_factory=SftSamplesParams)
     sft: SftParams = Field(default_factory=SftParams)
     simulator: SimulatorParams = Field(default_factory=SimulatorParams)
+    training: TrainingLaunchParams = Field(default_factory=TrainingLaunchParams)
     simulate: SimulateParams = Field(default_factory=SimulateParams)
     chatbots: list[ChatbotParams] = Field(default_factory=_default_chatbots)
     dial: DialParams = Field(default_factory=DialParams)

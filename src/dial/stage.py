@@ -32,6 +32,38 @@ def run_stage(main: Callable[..., None]) -> None:
     app()
 
 
+def launched_distributed() -> bool:
+    """True inside a process that `accelerate launch` / torchrun started."""
+    import os
+
+    return "LOCAL_RANK" in os.environ or "WORLD_SIZE" in os.environ
+
+
+def relaunch_under_accelerate(launch, script: str, argv: list[str]) -> bool:
+    """If `launch` (params `training`) asks for accelerate and this process was not started by it,
+    run `script argv` under `accelerate launch` and return True (the caller stops: the launched
+    processes did the work); else False. A failed launch exits with its status."""
+    import os
+    import subprocess
+
+    if launch.launcher != "accelerate" or launched_distributed():
+        return False
+    command = [sys.executable, "-m", "accelerate.commands.launch"]
+    if launch.config_file:
+        command += ["--config_file", launch.config_file]
+    else:
+        # On a machine without CUDA, accelerate's multi-GPU launcher starts the processes and they
+        # train on the CPU over gloo; `--cpu` would start only one.
+        command += ["--multi_gpu", "--num_processes", str(launch.num_processes), "--num_machines", "1",
+                    "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
+    command += [script, *argv]
+    logging.getLogger("dial.stage").info("launching: %s", " ".join(command))
+    status = subprocess.run(command, env=dict(os.environ)).returncode
+    if status != 0:
+        raise typer.Exit(code=status)
+    return True
+
+
 def guarded(function: Callable[..., None]) -> Callable[..., None]:
     import functools
 

@@ -511,3 +511,35 @@ def test_early_stopping_needs_the_heldout_curve():
         SftParams(unit="session", early_stopping_patience=2)
     with pytest.raises(ValueError, match="unit: session"):
         SftParams(unit="turn", eval_steps=5)
+
+
+def test_two_process_ddp_run_matches_one_process_at_the_same_global_batch(session_samples, tiny_model_dir, tmp_path):
+    """`accelerate launch` with 2 processes (DDP over gloo on this CPU), 1 window each, against one
+    process with batches of 2: the same step, so the same adapter; only one process writes."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = io.SFT_SAMPLES.write(session_samples, tmp_path / "samples.parquet")
+    script = Path(__file__).with_name("ddp_sft_run.py")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    subprocess.run([sys.executable, str(script), str(path), str(tiny_model_dir), str(tmp_path / "one"), "2"],
+                   check=True, env=env, capture_output=True)
+    launched = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+         str(script), str(path), str(tiny_model_dir), str(tmp_path / "two"), "1"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    one, two = (json.loads((tmp_path / name / "sft.json").read_text()) for name in ("one", "two"))
+    assert (one["processes"], two["processes"]) == (1, 2)
+    assert one["steps"] == two["steps"] == 1
+    weights_one, weights_two = adapter_weights(tmp_path / "one" / "model"), adapter_weights(tmp_path / "two" / "model")
+    assert weights_one.keys() == weights_two.keys()
+    assert all(torch.allclose(weights_one[k], weights_two[k], atol=1e-6) for k in weights_one)
+    assert any(not torch.allclose(weights_two[k], torch.zeros_like(weights_two[k])) for k in weights_two if "lora_B" in k)  # it trained
+    # Written once: one published folder, no staging folder left by a second writer, checkpoints gone.
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["checkpoints", "model", "sft", "sft.json"]
+    assert not any((tmp_path / "two" / "checkpoints").iterdir())

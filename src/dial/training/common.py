@@ -268,14 +268,15 @@ _held_locks: dict[Path, int] = {}  # run folder -> open file descriptor holding 
 
 
 def _lock_run_dir(run_dir: Path) -> None:
-    """Hold an exclusive lock on `run_dir` until `release_run_dir` or the process ends (the OS
-    drops it then, even after a crash), so another process never deletes a run in progress."""
+    """Hold a shared lock on `run_dir` until `release_run_dir` or the process ends (the OS drops
+    it then, even after a crash), so another run never deletes a run in progress. Shared: the
+    processes of one distributed run (and identical runs) use the folder together."""
     import fcntl
 
     if run_dir in _held_locks:
         return
     fd = os.open(run_dir / RUN_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    fcntl.flock(fd, fcntl.LOCK_EX)  # the same run in another process: wait for it
+    fcntl.flock(fd, fcntl.LOCK_SH)
     _held_locks[run_dir] = fd
 
 

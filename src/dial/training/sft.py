@@ -490,6 +490,7 @@ def run_sft(
         "max_sample_tokens": params.max_sample_tokens,
         "max_train_samples": params.max_train_samples,
         "unit": params.unit,
+        "processes": int(trainer.args.world_size),  # > 1 under `accelerate launch` (DDP)
     }
     if eval_windows:
         curve = eval_curve(trainer.state.log_history)
@@ -513,12 +514,16 @@ def run_sft(
         "seed": params.seed,
         **summary,
     }
-    with io.atomic_output_dir(out_dir) as staging:
-        save_adapter(trainer.model, trainer.processing_class, staging)
-        io.write_json_atomic(staging / MANIFEST, manifest)
-    write_loss_csv(Path(loss_path), trainer.state.log_history)
-    io.write_json_atomic(report_path, summary)
-    shutil.rmtree(run_dir, ignore_errors=True)  # published: the checkpoints are no longer needed
+    trainer.accelerator.wait_for_everyone()
+    if trainer.is_world_process_zero():  # under DDP every process has the same model: one writes
+        with io.atomic_output_dir(out_dir) as staging:
+            save_adapter(trainer.model, trainer.processing_class, staging)
+            io.write_json_atomic(staging / MANIFEST, manifest)
+        write_loss_csv(Path(loss_path), trainer.state.log_history)
+        io.write_json_atomic(report_path, summary)
+    trainer.accelerator.wait_for_everyone()  # no process may still read a checkpoint that goes next
+    if trainer.is_world_process_zero():
+        shutil.rmtree(run_dir, ignore_errors=True)  # published: the checkpoints are no longer needed
     release_run_dir(run_dir)
     log.info(
         "SFT adapter written to %s (%d steps, %d tokens/s)", out_dir, summary["steps"], throughput.tokens_per_second
