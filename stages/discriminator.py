@@ -1,5 +1,6 @@
 """DVC stage `discriminator@<simulator>`: a fresh discriminator on real vs this simulator's sessions."""
 
+import sys
 from pathlib import Path
 
 import typer
@@ -7,7 +8,7 @@ import typer
 from dial import paths
 from dial.discriminator import run_discriminator
 from dial.params import load_params
-from dial.stage import run_stage
+from dial.stage import relaunch_under_accelerate, run_stage
 
 
 def main(
@@ -15,6 +16,8 @@ def main(
     params_file: Path = Path("params.yaml"),
 ) -> None:
     params = load_params(params_file)
+    if relaunch_under_accelerate(params.training, __file__, sys.argv[1:]):
+        return
     discriminator = params.discriminator
     if discriminator.max_user_turns == 0:
         # Real sessions run longer than any simulated one: past simulate.max_turns only real user

@@ -413,3 +413,35 @@ def test_encoding_leaves_the_tokenizer_as_it_was(tiny_tokenizer):
     SessionEncoder(tiny_tokenizer).encode(CONTEXT, TURNS, session_id="x")
     assert tiny_tokenizer("<|im_start|>hi", add_special_tokens=False)["input_ids"] == before
     assert tiny_tokenizer.backend_tokenizer.encode_special_tokens is False
+
+
+def test_two_process_ddp_training_matches_one_process_at_the_same_global_batch(tiny_model_dir, tmp_path):
+    """`accelerate launch` with 2 processes (DDP over gloo on this CPU), 1 session each per step,
+    against one process with batches of 2: the same steps, losses and adapter; one writer."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    from safetensors.torch import load_file
+
+    script = Path(__file__).with_name("ddp_discriminator_run.py")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    subprocess.run([sys.executable, str(script), str(tiny_model_dir), str(tmp_path / "one"), "2"], check=True, env=env,
+                   capture_output=True)
+    launched = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+         str(script), str(tiny_model_dir), str(tmp_path / "two"), "1"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    one, two = (json.loads((tmp_path / name / "result.json").read_text()) for name in ("one", "two"))
+    assert (one["processes"], two["processes"]) == (1, 2)
+    assert len(one["losses"]) == len(two["losses"]) > 2
+    assert np.allclose([loss for _, loss in one["losses"]], [loss for _, loss in two["losses"]], atol=1e-5)
+    weights = [load_file(str(tmp_path / name / "model" / "adapter_model.safetensors")) for name in ("one", "two")]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.allclose(weights[0][k], weights[1][k], atol=1e-5) for k in weights[0])
+    assert one["metrics"]["overall"]["n"] == two["metrics"]["overall"]["n"]
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["model", "result.json"]  # one writer

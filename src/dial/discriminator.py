@@ -103,6 +103,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from dial.errors import DialError
+from dial.stage import launched_distributed
 from dial.models import quiet_peft_deprecation
 from dial.params import DiscriminatorParams, LoraParams, Precision, View  # noqa: F401 (re-exported)
 from dial.prompting import user_messages_in_turns
@@ -414,6 +415,13 @@ def load_discriminator(model_dir: Path, base_model_dir: Path | None = None, devi
 # --------------------------------------------------------------------------------------------
 # Forward passes
 # --------------------------------------------------------------------------------------------
+
+
+def is_main_process() -> bool:
+    """False in the non-main processes of an `accelerate launch` / torchrun run."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _autocast(precision: str, device):
@@ -767,46 +775,71 @@ def epoch_batches(items: Sequence[EncodedSession], batch_size: int, seed: int) -
 
 
 def train_loop(
-    model, tokenizer, items: Sequence[EncodedSession], params: DiscriminatorParams, precision: str, progress: bool = True
+    model, tokenizer, items: Sequence[EncodedSession], params: DiscriminatorParams, precision: str, progress: bool = True,
+    accelerator=None,
 ) -> list[tuple[int, float]]:
     """AdamW on the trainable (LoRA + head) parameters, BCE with logits on the labelled positions;
-    seeded order each epoch. Returns the loss of every step."""
+    seeded order each epoch. Returns the loss of every step.
+
+    Under `accelerate launch` (`accelerator` with several processes, DDP) each step's batch is
+    `batch_size` sessions per process: the step's global batch is drawn exactly as one process
+    drawing `batch_size` × processes would, and each process takes every n-th session of it. Each
+    process's loss is its sum over labelled positions divided by the step's total count (summed
+    over processes) × processes, so DDP's gradient average is the one-process gradient."""
     import torch
     import torch.nn.functional as F
 
-    device = _model_device(model)
-    pad_id = _pad_id(tokenizer)
+    world = accelerator.num_processes if accelerator is not None else 1
+    rank = accelerator.process_index if accelerator is not None else 0
     trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=params.learning_rate, weight_decay=params.weight_decay)
-    steps_per_epoch = math.ceil(len(items) / params.batch_size)
+    if accelerator is not None:
+        model, optimizer = accelerator.prepare(model, optimizer)
+    device = _model_device(model)
+    pad_id = _pad_id(tokenizer)
+    global_batch = params.batch_size * world
+    steps_per_epoch = math.ceil(len(items) / global_batch)
     losses: list[tuple[int, float]] = []
     model.train()
     torch.manual_seed(params.seed)
-    bar = tqdm(total=len(items) * params.epochs, desc="discriminator", unit="session", disable=not progress)
+    bar = tqdm(total=len(items) * params.epochs, desc="discriminator", unit="session", disable=not progress or rank != 0)
     started, tokens = time.perf_counter(), 0
     try:
         for epoch in range(params.epochs):
-            for step, indices in enumerate(epoch_batches(items, params.batch_size, _stable_int(params.seed, "epoch", epoch))):
-                batch = [items[i] for i in indices]
-                input_ids, attention = _pad_batch(batch, pad_id, device)
-                targets = _loss_targets(batch, input_ids.shape[1], params.train_context_end).to(device)
-                mask = targets != IGNORE_INDEX
-                with _autocast(precision, device):
-                    logits = model(input_ids=input_ids, attention_mask=attention).logits[..., 0]
-                loss = F.binary_cross_entropy_with_logits(logits[mask].float(), targets[mask])
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(trainable, params.max_grad_norm)
+            for step, indices in enumerate(epoch_batches(items, global_batch, _stable_int(params.seed, "epoch", epoch))):
+                batch = [items[i] for i in indices[rank::world]]
+                if batch:
+                    input_ids, attention = _pad_batch(batch, pad_id, device)
+                    targets = _loss_targets(batch, input_ids.shape[1], params.train_context_end).to(device)
+                    mask = targets != IGNORE_INDEX
+                    with _autocast(precision, device):
+                        logits = model(input_ids=input_ids, attention_mask=attention).logits[..., 0]
+                    loss_sum = F.binary_cross_entropy_with_logits(logits[mask].float(), targets[mask], reduction="sum")
+                    count = torch.tensor(float(mask.sum()), device=device)
+                    tokens += int(attention.sum())
+                else:  # fewer sessions than processes in the last batch: take part in the gradient sync with 0
+                    loss_sum = sum(parameter.sum() for parameter in trainable) * 0.0
+                    count = torch.tensor(0.0, device=device)
+                total = accelerator.reduce(count, reduction="sum") if world > 1 else count
+                loss = loss_sum / total.clamp(min=1.0) * world
+                if accelerator is not None:
+                    accelerator.backward(loss)
+                    accelerator.clip_grad_norm_(trainable, params.max_grad_norm)
+                else:
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(trainable, params.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-                losses.append((epoch * steps_per_epoch + step + 1, float(loss.detach())))
-                tokens += int(attention.sum())
+                step_loss = accelerator.reduce(loss.detach() / world, reduction="sum") if world > 1 else loss.detach()
+                losses.append((epoch * steps_per_epoch + step + 1, float(step_loss)))
                 seconds = time.perf_counter() - started
-                bar.update(len(batch))
-                bar.set_postfix({"loss": f"{losses[-1][1]:.4f}", "tok/s": f"{tokens / max(seconds, 1e-9):.0f}"}, refresh=False)
+                bar.update(len(indices))
+                bar.set_postfix({"loss": f"{losses[-1][1]:.4f}", "tok/s": f"{tokens * world / max(seconds, 1e-9):.0f}"}, refresh=False)
     finally:
         bar.close()
     seconds = time.perf_counter() - started
-    log.info("discriminator: %d steps, %d tokens in %.1f s (%.0f tokens/s)", len(losses), tokens, seconds, tokens / max(seconds, 1e-9))
+    log.info("discriminator: %d steps, %d tokens in %.1f s (%.0f tokens/s in this process, %d process(es))",
+             len(losses), tokens, seconds, tokens / max(seconds, 1e-9), world)
     model.eval()
     return losses
 
@@ -841,14 +874,22 @@ def train_discriminator(
             "discriminator: no real/simulated pair to train on (a pair is a real session and a simulated session "
             f"grounded on it, both with a user message within discriminator.max_tokens); counts: {selection.counts}"
         )
-    device = training_device()
+    accelerator = None
+    if launched_distributed():  # under `accelerate launch`: DDP over the launched processes
+        import torch
+        from accelerate import Accelerator
+
+        accelerator = Accelerator(cpu=not torch.cuda.is_available())  # CPU-only: processes over gloo
+    device = accelerator.device if accelerator is not None else training_device()
     precision = resolve_precision(params.precision, device)
     log.info(
         "discriminator (%s view): %d train + %d valid pairs, %d training tokens/epoch, precision %s, device %s",
         params.view, selection.counts["pairs_train"], selection.counts["pairs_valid"], selection.counts["tokens_train"], precision, device,
     )
     model = new_discriminator(base_model_dir, params).to(device)
-    losses = train_loop(model, tokenizer, train_items, params, precision, progress)
+    losses = train_loop(model, tokenizer, train_items, params, precision, progress, accelerator)
+    if accelerator is not None:
+        model = accelerator.unwrap_model(model)
 
     valid_items = selection.items("valid")
     valid_logits = forward_logits(model, tokenizer, valid_items, params.score_batch_size, precision)
@@ -887,10 +928,15 @@ def train_discriminator(
         "seed": params.seed,
         **summary,
     }
-    with io.atomic_output_dir(out_dir) as staging:
-        save_adapter(model, tokenizer, staging)
-        io.write_json_atomic(staging / SELECTION_FILE, selection.ids())
-        io.write_json_atomic(staging / MANIFEST, manifest)
+    summary["processes"] = accelerator.num_processes if accelerator is not None else 1
+    manifest["processes"] = summary["processes"]
+    if is_main_process():  # every process holds the same model: one writes
+        with io.atomic_output_dir(out_dir) as staging:
+            save_adapter(model, tokenizer, staging)
+            io.write_json_atomic(staging / SELECTION_FILE, selection.ids())
+            io.write_json_atomic(staging / MANIFEST, manifest)
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
     return TrainResult(summary, selection.frame, valid_scores, metrics, losses)
 
 
@@ -927,6 +973,8 @@ def run_discriminator(
         base_model_dir, out_dir, progress,
     )
     report = {"simulator": simulator_id, "metrics": result.metrics, **result.summary}
+    if not is_main_process():
+        return report
     io.write_json_atomic(report_file, report)
     scores = result.valid_scores.copy()
     scores["simulator"] = simulator_id
