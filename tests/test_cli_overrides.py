@@ -4,6 +4,7 @@ into params.yaml with its comments; invalid profiles are refused before anything
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import yaml
 from typer.testing import CliRunner
@@ -11,7 +12,7 @@ from typer.testing import CliRunner
 from dial.cli import app
 from dial.params import load_params
 
-from conftest import REPO_ROOT
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def project(tmp_path):

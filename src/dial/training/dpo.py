@@ -301,6 +301,7 @@ def _carry_forward(
         "precision": None,
         "trainable_params": 0,
         "total_params": None,
+        "processes": 0,  # nothing trained
     }
     manifest = {
         "kind": "simulator",
