@@ -370,12 +370,17 @@ def write_simulated(folder, sessions, messages):
     io.MESSAGES.write(messages, folder / "messages.parquet")
 
 
-def test_run_pairs_writes_artifacts_that_read_back(discriminator, tiny_model_dir, tmp_path):
+def write_stage_inputs(discriminator, tiny_model_dir, tmp_path):
+    """The pairs stage's inputs on disk (2 simulated sessions, contexts, D_S); returns D_S's folder."""
     model, tokenizer, _ = discriminator
-    disc_dir = save_discriminator(model, tokenizer, tmp_path / "disc", tiny_model_dir)
     sessions, messages, contexts = toy_simulated(n_sessions=2)
     write_simulated(tmp_path / "sim", sessions, messages)
     io.CONTEXTS.write(contexts, tmp_path / "contexts.parquet")
+    return save_discriminator(model, tokenizer, tmp_path / "disc", tiny_model_dir)
+
+
+def test_run_pairs_writes_artifacts_that_read_back(discriminator, tiny_model_dir, tmp_path):
+    disc_dir = write_stage_inputs(discriminator, tiny_model_dir, tmp_path)
     params = tiny_params()
     report = run_pairs(params, MARKER, tmp_path / "sim", tmp_path / "contexts.parquet", disc_dir, tiny_model_dir, None,
                        tmp_path / "out", tmp_path / "report.json", progress=False)
@@ -502,11 +507,7 @@ def test_run_pairs_samples_alternatives_on_a_served_simulator(discriminator, tin
 
     from dial.params import SimulatorParams, SimulatorServerParams
 
-    model, tokenizer, _ = discriminator
-    disc_dir = save_discriminator(model, tokenizer, tmp_path / "disc", tiny_model_dir)
-    sessions, messages, contexts = toy_simulated(n_sessions=2)
-    write_simulated(tmp_path / "sim", sessions, messages)
-    io.CONTEXTS.write(contexts, tmp_path / "contexts.parquet")
+    disc_dir = write_stage_inputs(discriminator, tiny_model_dir, tmp_path)
     server = ServeProcess(tiny_model_dir, tmp_path / "serve.log", "--model-name", "base", "--strict-model-name")
     try:
         settings = SimulatorParams(backend="openai", server=SimulatorServerParams(base_url=server.url, max_retries=0))

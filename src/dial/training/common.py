@@ -301,6 +301,26 @@ def _in_use_elsewhere(run_dir: Path) -> bool:
         os.close(fd)
 
 
+def publish_trained_adapter(trainer, model, manifest_name: str, manifest: dict, out_dir: Path, loss_file: Path,
+                            report_file: Path, report: dict, run_dir: Path) -> None:
+    """The end of an SFT or DPO run: the adapter folder (atomically, with its manifest), the loss
+    curve and the report, written by the main process only (under DDP every process holds the same
+    model); then the run's checkpoints are removed, once no process can still read them."""
+    from dial import io
+
+    trainer.accelerator.wait_for_everyone()
+    if trainer.is_world_process_zero():
+        with io.atomic_output_dir(out_dir) as staging:
+            save_adapter(model, trainer.processing_class, staging)
+            io.write_json_atomic(staging / manifest_name, manifest)
+        write_loss_csv(Path(loss_file), trainer.state.log_history)
+        io.write_json_atomic(report_file, report)
+    trainer.accelerator.wait_for_everyone()
+    if trainer.is_world_process_zero():
+        shutil.rmtree(run_dir, ignore_errors=True)  # published: the checkpoints are no longer needed
+    release_run_dir(run_dir)
+
+
 def checkpoint_run_dir(checkpoint_dir: Path, key: str) -> Path:
     """The folder for run `key` under `checkpoint_dir`, locked by this process; checkpoints of
     other runs (other params or data) are removed, since they can never be resumed into this one,

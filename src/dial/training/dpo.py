@@ -61,11 +61,10 @@ from dial.training.common import (
     logged_losses,
     lora_config,
     parameter_counts,
-    release_run_dir,
+    publish_trained_adapter,
     quiet_trainer_output,
     resolve_precision,
     run_key,
-    save_adapter,
     shared_trainer_arguments,
     score_labelled_positions_only,
     sha256_dir,
@@ -424,17 +423,7 @@ def run_dpo(
         "params": params.model_dump(mode="json"),
         **summary,
     }
-    trainer.accelerator.wait_for_everyone()
-    if trainer.is_world_process_zero():  # under DDP every process has the same model: one writes
-        with io.atomic_output_dir(out_dir) as staging:
-            save_adapter(model, trainer.processing_class, staging)
-            io.write_json_atomic(staging / MANIFEST, manifest)
-        write_loss_csv(Path(loss_file), trainer.state.log_history)
-        io.write_json_atomic(report_file, summary)
-    trainer.accelerator.wait_for_everyone()  # no process may still read a checkpoint that goes next
-    if trainer.is_world_process_zero():
-        shutil.rmtree(run_dir, ignore_errors=True)  # published: the checkpoints are no longer needed
-    release_run_dir(run_dir)
+    publish_trained_adapter(trainer, model, MANIFEST, manifest, out_dir, loss_file, report_file, summary, run_dir)
     log.info(
         "DPO adapter written to %s (%d steps, %.0f tokens/s)", out_dir, summary["steps"], throughput.tokens_per_second
     )

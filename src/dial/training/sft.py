@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 from pathlib import Path
 from typing import Sequence
 
@@ -45,17 +44,15 @@ from dial.training.common import (
     logged_losses,
     lora_config,
     parameter_counts,
-    release_run_dir,
+    publish_trained_adapter,
     quiet_trainer_output,
     resolve_precision,
     run_key,
-    save_adapter,
     shared_trainer_arguments,
     score_labelled_positions_only,
     sha256_dir,
     sha256_files,
     training_device,
-    write_loss_csv,
 )
 
 log = logging.getLogger(__name__)
@@ -514,17 +511,7 @@ def run_sft(
         "seed": params.seed,
         **summary,
     }
-    trainer.accelerator.wait_for_everyone()
-    if trainer.is_world_process_zero():  # under DDP every process has the same model: one writes
-        with io.atomic_output_dir(out_dir) as staging:
-            save_adapter(trainer.model, trainer.processing_class, staging)
-            io.write_json_atomic(staging / MANIFEST, manifest)
-        write_loss_csv(Path(loss_path), trainer.state.log_history)
-        io.write_json_atomic(report_path, summary)
-    trainer.accelerator.wait_for_everyone()  # no process may still read a checkpoint that goes next
-    if trainer.is_world_process_zero():
-        shutil.rmtree(run_dir, ignore_errors=True)  # published: the checkpoints are no longer needed
-    release_run_dir(run_dir)
+    publish_trained_adapter(trainer, trainer.model, MANIFEST, manifest, out_dir, loss_path, report_path, summary, run_dir)
     log.info(
         "SFT adapter written to %s (%d steps, %d tokens/s)", out_dir, summary["steps"], throughput.tokens_per_second
     )
