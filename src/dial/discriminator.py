@@ -103,7 +103,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from dial.errors import DialError
-from dial.stage import launched_distributed
+from dial.stage import is_main_process, launched_distributed  # noqa: F401 (is_main_process: re-exported)
 from dial.models import quiet_peft_deprecation
 from dial.params import DiscriminatorParams, LoraParams, Precision, View  # noqa: F401 (re-exported)
 from dial.prompting import user_messages_in_turns
@@ -415,13 +415,6 @@ def load_discriminator(model_dir: Path, base_model_dir: Path | None = None, devi
 # --------------------------------------------------------------------------------------------
 # Forward passes
 # --------------------------------------------------------------------------------------------
-
-
-def is_main_process() -> bool:
-    """False in the non-main processes of an `accelerate launch` / torchrun run."""
-    import os
-
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _autocast(precision: str, device):

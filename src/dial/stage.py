@@ -39,6 +39,13 @@ def launched_distributed() -> bool:
     return "LOCAL_RANK" in os.environ or "WORLD_SIZE" in os.environ
 
 
+def is_main_process() -> bool:
+    """False in the non-main processes of an `accelerate launch` / torchrun run (they write nothing)."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def relaunch_under_accelerate(launch, script: str, argv: list[str]) -> bool:
     """If `launch` (params `training`) asks for accelerate and this process was not started by it,
     run `script argv` under `accelerate launch` and return True (the caller stops: the launched

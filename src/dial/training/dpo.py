@@ -51,6 +51,7 @@ import pandas as pd
 
 from dial import io
 from dial.errors import DialError
+from dial.stage import is_main_process
 from dial.models import quiet_peft_deprecation
 from dial.params import DpoParams, LoraParams, LossType, Precision, Section  # noqa: F401
 from dial.training.common import (
@@ -315,6 +316,8 @@ def _carry_forward(
         "params": params.model_dump(mode="json"),
         **counts,
     }
+    if not is_main_process():  # under `accelerate launch` the main process writes
+        return summary
     with io.atomic_output_dir(out_dir) as staging:
         if previous_adapter_dir is not None:
             for path in sorted(Path(previous_adapter_dir).iterdir()):
