@@ -51,3 +51,34 @@ def test_a_failed_launch_exits_with_its_status(tmp_path, monkeypatch):
     with pytest.raises(typer.Exit) as exited:
         relaunch_under_accelerate(TrainingLaunchParams(launcher="accelerate", num_processes=2), str(script), [])
     assert exited.value.exit_code != 0
+
+
+def _run_stage_script(tmp_path, body: str):
+    import subprocess
+
+    script = tmp_path / "my_stage.py"
+    script.write_text(textwrap.dedent(f"""
+        import typer
+        from dial.errors import DialError
+        from dial.stage import run_stage
+
+        def main(name: str = typer.Argument(...)) -> None:
+            {body}
+
+        run_stage(main)
+    """))
+    return subprocess.run([sys.executable, str(script), "it1"], capture_output=True, text=True, timeout=120)
+
+
+def test_a_finished_stage_logs_its_wall_time(tmp_path):
+    finished = _run_stage_script(tmp_path, "print('working on', name)")
+    assert finished.returncode == 0, finished.stderr
+    assert "working on it1" in finished.stdout
+    assert "my_stage.py it1 done in" in finished.stderr and "since the process started" in finished.stderr
+
+
+def test_a_failed_stage_reports_the_error_and_no_wall_time(tmp_path):
+    failed = _run_stage_script(tmp_path, "raise DialError('the input is bad')")
+    assert failed.returncode == 1
+    assert "error: the input is bad" in failed.stderr
+    assert "done in" not in failed.stderr

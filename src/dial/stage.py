@@ -25,11 +25,42 @@ def fail(message: str) -> None:
 
 
 def run_stage(main: Callable[..., None]) -> None:
-    """Run a stage's typer `main`: user errors print one clear message and exit 1 (no traceback)."""
+    """Run a stage's typer `main`: user errors print one clear message and exit 1 (no traceback).
+    A finished stage logs its wall time, imports included (where a `dvc repro` spends its time)."""
+    import time
+
     configure_logging()
+    started = time.perf_counter()
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     app.command()(guarded(main))
-    app()
+    try:
+        app()  # click ends with sys.exit, 0 on success
+    except SystemExit as exit_:
+        if exit_.code in (0, None):
+            seconds = time.perf_counter() - started
+            logging.getLogger("dial.stage").info(
+                "%s done in %.1f s (%.1f s since the process started)", " ".join([_script_name(), *sys.argv[1:]]),
+                seconds, seconds + _seconds_before(started),
+            )
+        raise
+
+
+def _script_name() -> str:
+    import os
+
+    return os.path.basename(sys.argv[0]) if sys.argv else "stage"
+
+
+def _seconds_before(started: float) -> float:
+    """Seconds between this process's start and `started` (imports: several seconds per stage)."""
+    import time
+
+    try:
+        import psutil
+
+        return max(0.0, time.time() - psutil.Process().create_time() - (time.perf_counter() - started))
+    except Exception:  # psutil missing or no process table: the stage's own time is still logged
+        return 0.0
 
 
 def launched_distributed() -> bool:
