@@ -5,6 +5,7 @@ Unknown keys are errors (a typo in `params.yaml` or `-S` must not be silently ig
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -398,6 +399,9 @@ class PerplexityParams(Section):
     seed: int = Field(default=0, description="the choice of sessions (the interval uses evaluate.seed)")
 
 
+AGGREGATE_ITERATIONS = "iterations"  # evaluate.aggregate: every DIAL iteration (it1..itK)
+
+
 class EvaluateParams(Section):
     """Evaluation (METHOD.md §6–7)."""
 
@@ -418,6 +422,22 @@ class EvaluateParams(Section):
     termination: TerminationParams = Field(default_factory=TerminationParams)
     perplexity: PerplexityParams = Field(default_factory=PerplexityParams)
     tsne: TsneParams = Field(default_factory=TsneParams)
+    aggregate: list[str] = Field(
+        default_factory=lambda: ["sft", AGGREGATE_ITERATIONS],
+        description="the `aggregate` row (the DIAL paper's table 3 \"Aggregate\"): the sessions of these simulators "
+        "pooled for the issue rate, KL, correlation and A/B; simulator ids (zero-shot, sft, it1, ...) or "
+        "AGGREGATE_ITERATIONS (every DIAL iteration evaluated); [] = no aggregate row",
+    )
+
+    @model_validator(mode="after")
+    def _aggregate_names(self) -> "EvaluateParams":
+        unknown = [name for name in self.aggregate if not re.fullmatch(rf"zero-shot|sft|it[1-9]\d*|{AGGREGATE_ITERATIONS}", name)]
+        if unknown or len(set(self.aggregate)) != len(self.aggregate):
+            raise ValueError(
+                f"evaluate.aggregate: {unknown or 'repeated names'}; use simulator ids (zero-shot, sft, it1, ...) "
+                f"or {AGGREGATE_ITERATIONS!r} (every DIAL iteration), each once"
+            )
+        return self
 
 
 class PairsParams(Section):

@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import pytest
 
-from dial.evaluation.chatbot import chatbot_issue_summary, render_summary
+from dial.evaluation.chatbot import chatbot_issue_summary, render_summary, simulated_session_errors
 from dial.evaluation.stats import two_proportion_z_test
 
 
@@ -53,3 +53,47 @@ def test_render_with_ab_test():
     })
     assert "ctrl" in text and "33.33%" in text and "66.67%" in text
     assert f"z = {ab['z']:.2f}" in text and "+33.33 pp" in text
+
+
+def test_issue_rate_without_the_sessions_the_simulator_broke():
+    sessions, messages, issues, item_sessions = frames()
+    summary = chatbot_issue_summary(messages, sessions, issues, item_sessions, broken_sessions={"a1"}, n_resamples=200)
+    ctrl = summary["ctrl"]
+    # a1 (2 chatbot messages, 1 flagged) is left out: a2's 1 message, none flagged.
+    assert ctrl["without_simulator_errors"]["k"] == 0 and ctrl["without_simulator_errors"]["n"] == 1
+    assert ctrl["without_simulator_errors"]["rate"] == 0.0
+    assert (ctrl["without_simulator_errors"]["sessions"], ctrl["without_simulator_errors"]["sessions_excluded"]) == (1, 1)
+    assert ctrl["rate"] == pytest.approx(1 / 3) and ctrl["rate_ci_low"] <= ctrl["rate"] <= ctrl["rate_ci_high"]
+    treat = summary["treat"]  # nothing broken: the same rate and interval
+    assert treat["without_simulator_errors"]["rate"] == treat["rate"]
+    assert treat["without_simulator_errors"]["rate_ci_low"] == treat["rate_ci_low"]
+
+
+def test_render_shows_the_simulator_errors_and_the_rate_without_them():
+    sessions, messages, issues, item_sessions = frames()
+    per_chatbot = chatbot_issue_summary(messages, sessions, issues, item_sessions, broken_sessions={"a1"}, n_resamples=200)
+    errors = {"rate": 0.25, "rate_ci_low": 0.1, "rate_ci_high": 0.5, "k": 2, "n": 8, "session_rate": 1 / 3,
+              "session_rate_ci_low": 0.06, "session_rate_ci_high": 0.79, "sessions_flagged": 1, "n_sessions": 3,
+              "messages_by_flag": {"role_break": 2, "verbatim_context": 0, "contradicts_profile": 0},
+              "sessions_by_flag": {"ended_mid_task": 0}}
+    text = render_summary({"simulator": "it2", "judge": "rules", "sessions": 3, "stop_reasons": {"max_turns": 3},
+                           "simulator_errors": errors, "chatbots": per_chatbot})
+    assert "simulator errors: 25.00% [10.00%, 50.00%] of 8 user messages (2)" in text
+    assert "33.33% [6.00%, 79.00%] of 3 sessions (1)" in text and "role break 2" in text
+    ctrl_line = next(line for line in text.splitlines() if line.startswith("ctrl "))
+    assert "0.00% [0.00%, 0.00%] (n 1, 1 sessions)" in ctrl_line
+
+
+def test_simulated_sessions_are_read_against_the_context_that_grounded_them():
+    sessions = pd.DataFrame({"session_id": ["s1", "s2"], "chatbot_id": ["ctrl", "ctrl"]})
+    messages = pd.DataFrame(
+        [("s1", 0, "user", "i keep fighting with my sister about the family dinner plans"), ("s1", 1, "assistant", "Why?"),
+         ("s2", 0, "user", "hello"), ("s2", 1, "assistant", "What is on your mind?")],
+        columns=["session_id", "turn_index", "role", "text"],
+    )
+    simulations = pd.DataFrame({"session_id": ["s1", "s2"], "real_session_id": ["r1", "r2"], "stop_reason": ["max_turns", "user_ended"]})
+    contexts = pd.DataFrame({"session_id": ["r1", "r2"], "profile": ["", ""],
+                             "context_text": ["fighting with my sister about the family dinner plans this week", "work stress"]})
+    frame = simulated_session_errors(sessions, messages, simulations, contexts).set_index("session_id")
+    assert frame.loc["s1", "verbatim_context"] == 1 and not frame.loc["s1", "ended_mid_task"]
+    assert frame.loc["s2", "verbatim_context"] == 0 and frame.loc["s2", "ended_mid_task"]  # ended in its first turn

@@ -14,7 +14,7 @@ from scipy import stats as scipy_stats
 
 from dial import io
 from dial.errors import DialError
-from dial.evaluation import report
+from dial.evaluation import report, stats
 from dial.evaluation.evaluate import AbPair, EvaluateParams, evaluate, termination_decoding
 from dial.evaluation.report import write_reports
 from dial.params import DecodingParams
@@ -380,3 +380,102 @@ def test_kl_default_smoothing_is_one_pseudo_count_in_total():
     q = np.array([sim_counts.get(c, 0) + 1 / k for c in categories])
     assert metrics["groups"]["sft"]["issues"]["kl_from_real"] == pytest.approx(scipy_stats.entropy(p, q))
     assert metrics["groups"]["sft"]["issues"]["kl_unsmoothed"]["support"] == len(real_counts)
+
+
+# --------------------------------------------------------------------------------------------
+# The aggregate row: simulators pooled (paper table 3)
+# --------------------------------------------------------------------------------------------
+
+
+def _per_session_issue_counts(data, simulator):
+    """(session ids sorted, flagged chatbot messages, chatbot messages) per session of a simulator,
+    counted from the synthetic frames directly."""
+    sessions, messages, _ = data["simulated"][simulator]
+    session_of_item = data["item_sessions"]
+    flagged = data["issues"].assign(session_id=data["issues"]["item_id"].map(session_of_item)).drop_duplicates(["session_id", "turn_index"])
+    ids = sorted(sessions["session_id"])
+    k = [int((flagged["session_id"] == sid).sum()) for sid in ids]
+    n = [int(((messages["session_id"] == sid) & (messages["role"] == "assistant")).sum()) for sid in ids]
+    return ids, np.array(k, dtype=float), np.array(n, dtype=float)
+
+
+def test_aggregate_pools_sft_and_every_iteration_by_default():
+    from dial.evaluation.evaluate import aggregate_simulators
+
+    assert aggregate_simulators(["sft", "iterations"], ["zero-shot", "sft", "it1", "it2"]) == ["sft", "it1", "it2"]
+    assert aggregate_simulators(["it2", "zero-shot"], ["zero-shot", "sft", "it1", "it2"]) == ["zero-shot", "it2"]  # report order
+    assert aggregate_simulators(["sft", "iterations"], ["zero-shot", "sft"]) == ["sft"]
+    metrics = evaluate(**synthetic())
+    assert metrics["aggregate"]["simulators"] == ["sft", "it1"] and metrics["settings"]["aggregate"] == ["sft", "it1"]
+    assert evaluate(**synthetic(simulators=("zero-shot", "sft")))["aggregate"] is None  # a pool of one is that simulator's row
+    assert evaluate(**synthetic(), params=EvaluateParams(aggregate=[]))["aggregate"] is None
+    with pytest.raises(ValueError, match="evaluate.aggregate"):
+        EvaluateParams(aggregate=["sft", "it0"])
+
+
+def test_the_pooled_issue_rate_is_the_chatbot_message_weighted_mean_of_the_pooled_simulators():
+    metrics = evaluate(**synthetic())
+    pooled = metrics["aggregate"]["issues"]
+    sft, it1 = metrics["groups"]["sft"]["issues"], metrics["groups"]["it1"]["issues"]
+    assert (pooled["k"], pooled["n"]) == (sft["k"] + it1["k"], sft["n"] + it1["n"])
+    assert pooled["rate"] == pytest.approx((sft["n"] * sft["rate"] + it1["n"] * it1["rate"]) / (sft["n"] + it1["n"]))
+    assert min(sft["rate"], it1["rate"]) <= pooled["rate"] <= max(sft["rate"], it1["rate"])
+    assert metrics["aggregate"]["n_sessions"] == 36 and pooled["n_sessions_judged"] == sft["n_sessions_judged"] + it1["n_sessions_judged"]
+    for chatbot in CHATBOTS:
+        assert pooled["per_chatbot"][chatbot]["n"] == sft["per_chatbot"][chatbot]["n"] + it1["per_chatbot"][chatbot]["n"]
+        assert pooled["per_chatbot"][chatbot]["k"] == sft["per_chatbot"][chatbot]["k"] + it1["per_chatbot"][chatbot]["k"]
+    counts = {c: sft["category_counts"].get(c, 0) + it1["category_counts"].get(c, 0) for c in set(sft["category_counts"]) | set(it1["category_counts"])}
+    assert pooled["category_counts"] == counts
+
+
+def test_the_pooled_interval_is_a_bootstrap_over_the_pooled_sessions():
+    data = synthetic()
+    params = EvaluateParams(bootstrap_samples=400, seed=3)
+    pooled = evaluate(**data, params=params)["aggregate"]["issues"]
+    parts = [_per_session_issue_counts(data, name) for name in ("sft", "it1")]
+    k = np.concatenate([part[1] for part in parts])
+    n = np.concatenate([part[2] for part in parts])
+    weights = stats.resample_weights(len(k), 400, stats.stable_rng(3, "aggregate"))
+    expected = stats.percentile_interval(stats.ratio_replicates(weights, k, n))
+    assert (pooled["rate_ci_low"], pooled["rate_ci_high"]) == pytest.approx(expected)
+    # Narrower than either simulator's alone: twice the sessions.
+    metrics = evaluate(**data, params=params)
+    widths = {name: metrics["groups"][name]["issues"]["rate_ci_high"] - metrics["groups"][name]["issues"]["rate_ci_low"] for name in ("sft", "it1")}
+    assert pooled["rate_ci_high"] - pooled["rate_ci_low"] < max(widths.values())
+
+
+def test_pooled_kl_correlation_and_ab_are_computed_on_the_pooled_counts():
+    metrics = evaluate(**synthetic())
+    aggregate, real = metrics["aggregate"], metrics["groups"]["real"]["issues"]
+    categories = sorted({c for g in metrics["groups"].values() for c in g["issues"]["category_counts"]})
+    assert aggregate["issues"]["kl_from_real"] == pytest.approx(stats.kl_divergence(real["category_counts"], aggregate["issues"]["category_counts"], categories, 1.0))
+    assert aggregate["issues"]["kl_from_real_ci_low"] < aggregate["issues"]["kl_from_real_ci_high"]
+    sim_counts = {c: (v["k"], v["n"]) for c, v in aggregate["issues"]["per_chatbot"].items()}
+    real_counts = {c: (v["k"], v["n"]) for c, v in real["per_chatbot"].items()}
+    assert aggregate["predictive_validity"] == stats.predictive_validity(sim_counts, real_counts)
+    assert aggregate["ab"]["supportive_vs_terse"] == stats.ab_test("supportive", "terse", sim_counts, real_counts)
+
+
+def test_the_aggregate_row_is_in_metrics_json_and_in_the_issues_and_ab_tables(tmp_path):
+    metrics = evaluate(**synthetic())
+    write_reports(metrics, tmp_path)
+    flat = json.loads((tmp_path / "metrics.json").read_text(encoding="utf-8"))
+    for key in ("aggregate.issues.rate", "aggregate.issues.rate_ci_low", "aggregate.issues.rate_ci_high", "aggregate.issues.n",
+                "aggregate.issues.kl_from_real", "aggregate.issues.kl_from_real_ci_low", "aggregate.predictive_validity.r",
+                "aggregate.n_sessions", "aggregate.ab.supportive_vs_terse.simulation.z"):
+        assert key in flat
+    markdown = (tmp_path / "report.md").read_text(encoding="utf-8")
+    issues = markdown.split("## Issues")[1].split("\n## ")[0]
+    ab = markdown.split("## A/B replication")[1].split("\n## ")[0]
+    rate = metrics["aggregate"]["issues"]
+    assert f"| aggregate (sft + it1) | {100 * rate['rate']:.2f}% [{100 * rate['rate_ci_low']:.2f}%, {100 * rate['rate_ci_high']:.2f}%]" in issues
+    assert "the sessions of sft, it1 pooled (36 sessions" in issues
+    assert "| aggregate (sft + it1) | supportive → terse |" in ab
+
+
+def test_a_simulator_named_aggregate_is_refused():
+    data = synthetic(simulators=("sft",))
+    data["simulated"] = {"aggregate": data["simulated"]["sft"]}
+    data["discriminator_reports"] = {}
+    with pytest.raises(DialError, match="reserved"):
+        evaluate(**data)

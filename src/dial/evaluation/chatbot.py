@@ -2,9 +2,14 @@
 
 A trained simulator plays held-out real users (their contexts) against one or more chatbots, the
 configured judge annotates every session, and each chatbot gets its issue rate (% of its
-messages with at least one issue, with the binomial standard error) and category breakdown. With
-two chatbots, the first is the control and the second the treatment of a two-proportion z-test
-(the paper's A/B replication, table 5).
+messages with at least one issue, with the binomial standard error and a 95 % bootstrap interval
+over its sessions) and category breakdown. With two chatbots, the first is the control and the
+second the treatment of a two-proportion z-test (the paper's A/B replication, table 5).
+
+The simulated users are checked too (`dial.evaluation.simulator_errors`: role breaks, context
+copied verbatim, a profile contradicted, ending mid-task): the simulator's error rate, and each
+chatbot's issue rate again without the sessions the simulator broke, so that a chatbot is not
+blamed for answering a user who spoke as the assistant.
 """
 
 from __future__ import annotations
@@ -13,11 +18,13 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
 
 from dial import io, paths
 from dial.errors import DialError
-from dial.evaluation import stats
+from dial.evaluation import intervals, simulator_errors, stats
+from dial.evaluation.structure import simulated_ended
 from dial.evaluation.judges import build_judge, judge_inputs
 from dial.evaluation.taxonomy import load_taxonomy
 from dial.params import Params
@@ -25,8 +32,18 @@ from dial.params import Params
 log = logging.getLogger(__name__)
 
 
-def chatbot_issue_summary(messages: pd.DataFrame, sessions: pd.DataFrame, issues: pd.DataFrame, item_sessions: dict) -> dict:
-    """Per chatbot: issue rate over its messages (+ SE) and the count of each issue category."""
+def chatbot_issue_summary(
+    messages: pd.DataFrame,
+    sessions: pd.DataFrame,
+    issues: pd.DataFrame,
+    item_sessions: dict,
+    broken_sessions: set[str] = frozenset(),
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> dict:
+    """Per chatbot: issue rate over its messages (+ SE, 95 % bootstrap interval over its sessions)
+    and the count of each issue category; `without_simulator_errors`: the same rate over its
+    sessions not in `broken_sessions` (same bootstrap draws), with its k, n and sessions."""
     chatbot_of = dict(zip(sessions["session_id"].astype(str), sessions["chatbot_id"].astype(str)))
     chatbot_messages = messages[messages["role"] == "assistant"].copy()
     chatbot_messages["chatbot_id"] = chatbot_messages["session_id"].astype(str).map(chatbot_of)
@@ -39,12 +56,36 @@ def chatbot_issue_summary(messages: pd.DataFrame, sessions: pd.DataFrame, issues
         flagged = found[found["chatbot_id"] == chatbot_id]
         k = len(flagged.drop_duplicates(["session_id", "turn_index"]))
         categories = flagged.drop_duplicates(["session_id", "turn_index", "category"])["category"].value_counts()
+        session_ids = sorted(own["session_id"].astype(str).unique())
+        n_per_session = own["session_id"].astype(str).value_counts().reindex(session_ids).to_numpy(dtype=np.float64)
+        k_per_session = (
+            flagged.drop_duplicates(["session_id", "turn_index"])["session_id"].astype(str).value_counts()
+            .reindex(session_ids, fill_value=0).to_numpy(dtype=np.float64)
+        )
+        weights = stats.resample_weights(len(session_ids), n_resamples, stats.stable_rng(seed, "evaluate-chatbot", str(chatbot_id)))
+        usual = intervals.clustered_rate(k_per_session, n_per_session, weights)
+        kept = np.array([sid not in broken_sessions for sid in session_ids], dtype=np.float64)
+        clean = intervals.clustered_rate(k_per_session * kept, n_per_session * kept, weights)
         summary[chatbot_id] = {
             **stats.proportion(k, len(own)),
-            "sessions": int(own["session_id"].nunique()),
+            "rate_ci_low": usual["rate_ci_low"],
+            "rate_ci_high": usual["rate_ci_high"],
+            "sessions": len(session_ids),
             "categories": {str(c): int(n) for c, n in sorted(categories.items(), key=lambda item: (-item[1], item[0]))},
+            "without_simulator_errors": {**clean, "sessions": int(kept.sum()), "sessions_excluded": int(len(kept) - kept.sum())},
         }
     return summary
+
+
+def simulated_session_errors(
+    sessions: pd.DataFrame, messages: pd.DataFrame, simulations: pd.DataFrame, contexts: pd.DataFrame
+) -> pd.DataFrame:
+    """`simulator_errors.per_session` of simulated sessions, each read against the context of the
+    real session that grounded it, ended by the user where its `stop_reason` is user_ended."""
+    grounding = dict(zip(simulations["session_id"].astype(str), simulations["real_session_id"].astype(str)))
+    return simulator_errors.per_session(
+        messages, simulator_errors.contexts_of(grounding, contexts), simulated_ended(simulations), sessions["session_id"]
+    )
 
 
 def evaluate_chatbots(
@@ -101,12 +142,19 @@ def evaluate_chatbots(
     with build_judge(params.judge, taxonomy) as judge:
         issues, user_actions = judge.annotate(items, progress=progress)
 
-    per_chatbot = chatbot_issue_summary(sim_messages, sim_sessions, issues, item_sessions)
+    error_sessions = simulated_session_errors(sim_sessions, sim_messages, simulations, contexts)
+    broken = set(error_sessions.loc[error_sessions["flagged"].astype(bool), "session_id"])
+    per_chatbot = chatbot_issue_summary(
+        sim_messages, sim_sessions, issues, item_sessions, broken, params.evaluate.bootstrap_samples, params.evaluate.seed
+    )
     result = {
         "simulator": simulator_id,
         "judge": params.judge.backend,
         "sessions": int(len(sim_sessions)),
         "stop_reasons": {str(k): int(v) for k, v in simulations["stop_reason"].value_counts().sort_index().items()},
+        "simulator_errors": simulator_errors.summarise(
+            error_sessions, params.evaluate.bootstrap_samples, params.evaluate.seed, simulator_id
+        ),
         "chatbots": per_chatbot,
     }
     if len(chatbot_names) == 2:
@@ -131,11 +179,23 @@ def render_summary(result: dict) -> str:
     """The summary as a short plain-text report."""
     lines = [f"simulator {result['simulator']}, judge {result['judge']}, {result['sessions']} sessions "
              f"(stop reasons: {', '.join(f'{k} {v}' for k, v in result['stop_reasons'].items())})", ""]
-    lines.append(f"{'chatbot':<20} {'sessions':>8} {'messages':>8} {'issue rate':>11} {'± se':>7}")
+    errors = result.get("simulator_errors")
+    if errors:
+        by_message, by_session = errors["messages_by_flag"], errors["sessions_by_flag"]
+        lines += [
+            f"simulator errors: {_percent_with_interval(errors, 'rate')} of {errors['n']} user messages ({errors['k']}), "
+            f"{_percent_with_interval(errors, 'session_rate')} of {errors['n_sessions']} sessions ({errors['sessions_flagged']}); "
+            f"role break {by_message['role_break']}, context copied {by_message['verbatim_context']}, "
+            f"contradicts profile {by_message['contradicts_profile']} messages; ended mid-task {by_session['ended_mid_task']} sessions",
+            "",
+        ]
+    lines.append(f"{'chatbot':<20} {'sessions':>8} {'messages':>8} {'issue rate [95% CI]':>26} {'± se':>7}"
+                 f"   {'without simulator errors [95% CI] (n, sessions)':<40}")
     for name, row in result["chatbots"].items():
-        rate = "—" if row["rate"] is None else f"{100 * row['rate']:.2f}%"
         se = "—" if row["se"] is None else f"{100 * row['se']:.2f}"
-        lines.append(f"{name:<20} {row['sessions']:>8} {row['n']:>8} {rate:>11} {se:>7}")
+        clean = row.get("without_simulator_errors")
+        clean_text = (f"{_percent_with_interval(clean, 'rate')} (n {clean['n']}, {clean['sessions']} sessions)" if clean else "—")
+        lines.append(f"{name:<20} {row['sessions']:>8} {row['n']:>8} {_percent_with_interval(row, 'rate'):>26} {se:>7}   {clean_text}")
     for name, row in result["chatbots"].items():
         if row["categories"]:
             lines.append(f"\n{name}: " + "; ".join(f"{category} {n}" for category, n in row["categories"].items()))
@@ -150,3 +210,13 @@ def render_summary(result: dict) -> str:
                 f"{100 * ab['treatment_rate']:.2f}% (difference {100 * ab['difference']:+.2f} pp), z = {ab['z']:.2f}, p = {ab['p']:.3g}"
             )
     return "\n".join(lines)
+
+
+def _percent_with_interval(entry: dict, name: str) -> str:
+    """"12.50% [8.10%, 17.00%]" of `entry[name]` and its `_ci_low` / `_ci_high` siblings."""
+    value, low, high = entry.get(name), entry.get(f"{name}_ci_low"), entry.get(f"{name}_ci_high")
+    if value is None:
+        return "—"
+    if low is None or high is None:
+        return f"{100 * value:.2f}%"
+    return f"{100 * value:.2f}% [{100 * low:.2f}%, {100 * high:.2f}%]"

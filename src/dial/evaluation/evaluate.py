@@ -15,6 +15,13 @@
   `dial.evaluation.perplexity` (`perplexity`, with its interval), when given;
 * predictive validity (Pearson across chatbot configurations, table 3) and A/B replication
   (table 5) for the configured (control, treatment) chatbot pairs;
+* simulator errors (`simulator_errors`: role breaks, context copied verbatim, a stated name / age /
+  gender against the profile, ending mid-task) per group, the real users' row being the rules'
+  false-positive floor, and the issue rate without the sessions the simulator broke
+  (`issues.without_simulator_errors`);
+* the `aggregate` row (paper table 3): the sessions of the simulators in `evaluate.aggregate`
+  pooled (concatenated) for the issue rate, KL, correlation and A/B, intervals by bootstrap over
+  the pooled sessions (`metrics["aggregate"]`, None with fewer than two such simulators);
 * 95 % intervals beside the metrics and each simulator compared with the baseline (`vs_baseline`),
   with the key convention and the choice of interval in `dial.evaluation.intervals`.
 
@@ -42,20 +49,23 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+from collections import Counter
 from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from dial.errors import DialError
-from dial.evaluation import intervals, lexical, realism, stats
+from dial.evaluation import intervals, lexical, realism, simulator_errors, stats
 from dial.evaluation import structure as session_structure
-from dial.params import AbPair, DecodingParams, EvaluateParams, TerminationParams, TsneParams  # noqa: F401 (defined with the other params)
+from dial.params import AGGREGATE_ITERATIONS, AbPair, DecodingParams, EvaluateParams, TerminationParams, TsneParams  # noqa: F401 (defined with the other params)
 from dial.prompting import user_messages_in_turns
 
 log = logging.getLogger(__name__)
 
 REAL = "real"
+AGGREGATE = "aggregate"
 ISSUE_COLUMNS = ("item_id", "turn_index", "category")
 ACTION_COLUMNS = ("item_id", "turn_index", "group", "action")
 
@@ -315,6 +325,7 @@ def evaluate(
     perplexity: Mapping[str, dict] | None = None,
     structure: Mapping[str, pd.DataFrame] | None = None,
     discriminator_scores: Mapping[str, pd.DataFrame] | None = None,
+    user_ended: Mapping[str, Mapping[str, bool]] | None = None,
 ) -> dict:
     """The full metrics structure (module docstring).
 
@@ -331,16 +342,21 @@ def evaluate(
     frame, of the same cut sessions) gives each group its session shape with intervals.
     `discriminator_scores` (simulator → its discriminator's held-out message scores,
     `valid_scores.csv`) add the balanced accuracy with a session-bootstrap interval.
-    Returns {"order", "groups": {"real": {...}, <simulator>: {...}}, "judge", "settings"}.
+    `user_ended` (group → session → its user ended it within the compared turns) feeds the
+    ended-mid-task flag; None = the simulated sessions' `stop_reason` (user_ended), no real one.
+    Returns {"order", "groups": {"real": {...}, <simulator>: {...}}, "aggregate", "judge", "settings"}.
     """
     params = params or EvaluateParams()
-    if REAL in simulated:
-        raise DialError(f"evaluate: {REAL!r} is reserved for the real sessions; rename that simulator")
+    for reserved, what in ((REAL, "the real sessions"), (AGGREGATE, "the pooled simulators")):
+        if reserved in simulated:
+            raise DialError(f"evaluate: {reserved!r} is reserved for {what}; rename that simulator")
     order = [REAL, *simulated]
     frames = {REAL: (real_sessions, real_messages, None), **{k: tuple(v) for k, v in simulated.items()}}
-    groups, samples = {}, {}
+    groups, samples, error_frames = {}, {}, {}
     for name, (s, m, sim) in frames.items():
         groups[name], samples[name] = _group(name, s, m, sim, contexts, user_turns)
+        error_frames[name] = _simulator_error_sessions(name, s, m, sim, contexts, samples[name].session_ids, user_ended)
+        groups[name]["simulator_errors"] = simulator_errors.summarise(error_frames[name], params.bootstrap_samples, params.seed, name)
 
     # Judged sessions, per group and overall.
     item_sessions = {str(k): str(v) for k, v in (item_sessions or {}).items()}
@@ -375,6 +391,9 @@ def evaluate(
             chatbot_of = dict(zip(s["session_id"].astype(str), s["chatbot_id"].fillna("").astype(str)))
             samples[name].chatbots = np.array([chatbot_of.get(sid, "") for sid in ids], dtype=object)
             samples[name].issue_pairs = per_session["pairs"]
+            groups[name]["issues"]["without_simulator_errors"] = _issues_without_simulator_errors(
+                samples[name], judged, error_frames[name], params, name
+            )
         if action_frame is not None:
             per_session, groups[name]["actions"] = _action_summary(m, judged, action_frame)
             samples[name].action_n = per_session["n"].reindex(ids, fill_value=0).to_numpy(dtype=np.float64)
@@ -468,9 +487,14 @@ def evaluate(
         bce_eps=params.bce_eps,
     )
     intervals.compare_with_baseline(groups, samples, order)
+    pooled = aggregate_simulators(params.aggregate, list(simulated))
+    aggregate = None
+    if len(pooled) >= 2:  # a pool of one simulator is that simulator's row
+        aggregate = _aggregate(pooled, groups, samples, categories, params, real_chatbot_counts)
     return {
         "order": order,
         "groups": groups,
+        "aggregate": aggregate,
         "judge": judge,
         "settings": {
             "kl_smoothing": params.kl_smoothing,
@@ -482,8 +506,118 @@ def evaluate(
             "simulated_user_turns": simulated_user_turns,
             "ab_pairs": [pair.model_dump() for pair in params.ab_pairs],
             "tsne": tsne,
+            "aggregate": pooled,
         },
     }
+
+
+# --------------------------------------------------------------------------------------------
+# Simulator errors and the issue rate without the sessions they broke
+# --------------------------------------------------------------------------------------------
+
+
+def _simulator_error_sessions(
+    name: str, sessions: pd.DataFrame, messages: pd.DataFrame, simulations: pd.DataFrame | None, contexts: pd.DataFrame,
+    session_ids: Sequence[str], user_ended: Mapping[str, Mapping[str, bool]] | None,
+) -> pd.DataFrame:
+    """`simulator_errors.per_session` of a group: each session read against the context of the
+    real session that grounds it (a real session: its own)."""
+    if user_ended is not None:
+        ended = dict(user_ended.get(name, {}))
+    elif simulations is not None and "stop_reason" in simulations:
+        ended = session_structure.simulated_ended(simulations)
+    else:
+        ended = {}  # real sessions: who ended them is known only to the caller (whole sessions)
+    own = messages[messages["session_id"].astype(str).isin(set(session_ids))]
+    contexts_of = simulator_errors.contexts_of(_grounding(sessions, simulations, name), contexts)
+    return simulator_errors.per_session(own, contexts_of, ended, session_ids)
+
+
+def _issues_without_simulator_errors(
+    sample: intervals.GroupSample, judged: set[str], error_sessions: pd.DataFrame, params: EvaluateParams, name: str
+) -> dict:
+    """The issue rate over the judged sessions that have no simulator error: what the chatbot did
+    with users who stayed in role. Interval: the same bootstrap draws over the group's sessions as
+    its usual issue rate (`intervals.add_intervals`), the excluded sessions counting for nothing,
+    so that with nothing excluded both intervals are the same."""
+    flagged = set(error_sessions.loc[error_sessions["flagged"].astype(bool), "session_id"].astype(str))
+    kept = np.array([sid not in flagged for sid in sample.session_ids], dtype=np.float64)
+    weights = stats.resample_weights(len(sample.session_ids), params.bootstrap_samples, stats.stable_rng(params.seed, name))
+    rate = intervals.clustered_rate(sample.issue_k * kept, sample.issue_n * kept, weights)
+    return {**rate, "n_sessions_judged": len(judged - flagged), "n_sessions_excluded": len(judged & flagged)}
+
+
+# --------------------------------------------------------------------------------------------
+# The aggregate row: simulators pooled (paper table 3)
+# --------------------------------------------------------------------------------------------
+
+
+def aggregate_simulators(configured: Sequence[str], simulators: Sequence[str]) -> list[str]:
+    """The evaluated simulators `evaluate.aggregate` names, in report order; AGGREGATE_ITERATIONS
+    stands for every DIAL iteration (it1, it2, ...). Names not evaluated in this run are left out."""
+    wanted = set(configured)
+    return [
+        name for name in simulators
+        if name in wanted or (AGGREGATE_ITERATIONS in wanted and re.fullmatch(r"it\d+", name))
+    ]
+
+
+def _aggregate(
+    pooled: Sequence[str], groups: dict, samples: Mapping[str, intervals.GroupSample], categories: Sequence[str],
+    params: EvaluateParams, real_chatbot_counts: Mapping[str, tuple[int, int]],
+) -> dict:
+    """Issue rate, KL(real ‖ pooled), predictive validity and A/B of the pooled sessions: the
+    sessions of every pooled simulator concatenated, so the rate is Σk / Σn over them (each
+    simulator weighs by its chatbot messages) and the intervals come from one bootstrap over the
+    pooled sessions."""
+    result: dict = {"simulators": list(pooled), "n_sessions": sum(len(samples[name].session_ids) for name in pooled)}
+    if any(groups[name]["issues"] is None for name in pooled):
+        result["issues"] = None
+        result["predictive_validity"] = {"applicable": False, "why": "no issue judge output"}
+        return result
+    parts = [samples[name] for name in pooled]
+    sample = intervals.GroupSample(
+        session_ids=[sid for part in parts for sid in part.session_ids],
+        lexical=pd.concat([part.lexical for part in parts], ignore_index=True),
+        intent_sums=np.concatenate([part.intent_sums for part in parts]),
+        intent_counts=np.concatenate([part.intent_counts for part in parts]),
+        issue_k=np.concatenate([part.issue_k for part in parts]),
+        issue_n=np.concatenate([part.issue_n for part in parts]),
+        chatbots=np.concatenate([part.chatbots for part in parts]),
+        issue_pairs=pd.concat([part.issue_pairs for part in parts], ignore_index=True),
+    )
+    summaries = [groups[name]["issues"] for name in pooled]
+    category_counts = Counter()
+    per_chatbot_counts: dict[str, list[int]] = {}
+    for summary in summaries:
+        category_counts.update(summary["category_counts"])
+        for chatbot, rate in summary["per_chatbot"].items():
+            k, n = per_chatbot_counts.setdefault(chatbot, [0, 0])
+            per_chatbot_counts[chatbot] = [k + rate["k"], n + rate["n"]]
+    n_pairs = sum(category_counts.values())
+    issues = {
+        **stats.proportion(sum(summary["k"] for summary in summaries), sum(summary["n"] for summary in summaries)),
+        "n_sessions_judged": sum(summary["n_sessions_judged"] for summary in summaries),
+        "n_flagged_pairs": n_pairs,
+        "category_counts": dict(sorted(category_counts.items())),
+        "categories": {c: count / n_pairs for c, count in sorted(category_counts.items())} if n_pairs else {},
+        "per_chatbot": {c: stats.proportion(k, n) for c, (k, n) in sorted(per_chatbot_counts.items())},
+    }
+    real_counts = groups[REAL]["issues"]["category_counts"]
+    issues["kl_from_real"] = stats.kl_divergence(real_counts, issues["category_counts"], categories, params.kl_smoothing) if categories else None
+    issues["kl_unsmoothed"] = stats.kl_unsmoothed(real_counts, issues["category_counts"])
+    weights = stats.resample_weights(len(sample.session_ids), params.bootstrap_samples, stats.stable_rng(params.seed, AGGREGATE))
+    intervals.add_issue_intervals(issues, sample, weights, categories)
+    if categories:
+        intervals.add_kl_interval(issues, sample, samples[REAL], params.kl_smoothing)
+    counts = {c: (rate["k"], rate["n"]) for c, rate in issues["per_chatbot"].items()}
+    result["issues"] = issues
+    result["predictive_validity"] = stats.predictive_validity(counts, real_chatbot_counts)
+    result["ab"] = {
+        f"{pair.control}_vs_{pair.treatment}": stats.ab_test(pair.control, pair.treatment, counts, real_chatbot_counts)
+        for pair in params.ab_pairs
+    }
+    return result
 
 
 def _chatbot_counts(group: dict) -> dict[str, tuple[int, int]]:

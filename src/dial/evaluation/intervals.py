@@ -18,7 +18,10 @@ Which interval
       the other groups): lexical means; per-message rates clustered by session (issue rate, its
       per-chatbot rates, user-action rates, intent decomposition); KL and BCE (the real and the
       simulated sessions both resampled); termination precision / recall / F1 (clustered by the
-      real session probed).
+      real session probed); the simulator-error message rate and the issue rate without the
+      sessions with a simulator error (`clustered_rate`; the latter on the same draws as the
+      usual issue rate); the `aggregate` row's issue rates and KL, over the pooled sessions.
+    * Wilson over sessions: the share of sessions with a simulator error (sessions are independent).
     * None: first-turn diversity (a share of distinct words, not a mean over sessions: a resample
       repeats sessions and so deflates it; its n is `n_first_turns`), the discriminator's F1 and MCC
       (no confusion counts in its report), medians and standard deviations, category shares,
@@ -132,15 +135,7 @@ def add_intervals(
 
         issues = group.get("issues")
         if issues is not None and sample.issue_k is not None:
-            out["issue_rate"] = stats.ratio_replicates(weights, sample.issue_k, sample.issue_n)
-            if issues["rate"] is not None:
-                _set_interval(issues, "rate", stats.percentile_interval(out["issue_rate"]))
-            for chatbot, rate in issues["per_chatbot"].items():
-                mask = (sample.chatbots == chatbot).astype(float)
-                replicates = stats.ratio_replicates(weights, sample.issue_k * mask, sample.issue_n * mask)
-                if rate["rate"] is not None:
-                    _set_interval(rate, "rate", stats.percentile_interval(replicates))
-            out["category_counts"] = weights @ _counts_matrix(sample.session_ids, sample.issue_pairs, "category", categories or [])
+            add_issue_intervals(issues, sample, weights, categories)
 
         actions = group.get("actions")
         if actions is not None and sample.action_n is not None and group_of:
@@ -186,6 +181,46 @@ def add_intervals(
     _add_divergence_intervals(groups, samples, categories, group_of, kl_smoothing, bce_eps)
 
 
+def add_issue_intervals(issues: dict, sample: GroupSample, weights: np.ndarray, categories: Sequence[str] | None) -> None:
+    """The issue rate's and each chatbot's rate's interval (bootstrap over the sessions drawn in
+    `weights`), and the replicates of the rate and of the category counts (for KL) in `sample`."""
+    out = sample.replicates
+    out["issue_rate"] = stats.ratio_replicates(weights, sample.issue_k, sample.issue_n)
+    if issues["rate"] is not None:
+        _set_interval(issues, "rate", stats.percentile_interval(out["issue_rate"]))
+    for chatbot, rate in issues["per_chatbot"].items():
+        mask = (sample.chatbots == chatbot).astype(float)
+        replicates = stats.ratio_replicates(weights, sample.issue_k * mask, sample.issue_n * mask)
+        if rate["rate"] is not None:
+            _set_interval(rate, "rate", stats.percentile_interval(replicates))
+    out["category_counts"] = weights @ _counts_matrix(sample.session_ids, sample.issue_pairs, "category", categories or [])
+
+
+def add_kl_interval(issues: dict, sample: GroupSample, real: GroupSample, kl_smoothing: float) -> None:
+    """KL(real ‖ sim)'s interval: real resample b against the simulator's resample b."""
+    if "category_counts" not in sample.replicates or "category_counts" not in real.replicates:
+        return
+    sample.replicates["issue_kl"] = kl_replicates(real.replicates["category_counts"], sample.replicates["category_counts"], kl_smoothing)
+    if issues.get("kl_from_real") is not None:
+        _set_interval(issues, "kl_from_real", stats.percentile_interval(sample.replicates["issue_kl"]))
+
+
+def clustered_rate(k: np.ndarray, n: np.ndarray, weights: np.ndarray) -> dict:
+    """Σk / Σn over sessions (a per-message rate: k of a session's n messages) with its 95 %
+    percentile bootstrap interval over the sessions drawn in `weights`; rate and interval None
+    when there is no message."""
+    k, n = np.asarray(k, dtype=np.float64), np.asarray(n, dtype=np.float64)
+    total_k, total_n = int(k.sum()), int(n.sum())
+    interval = stats.percentile_interval(stats.ratio_replicates(weights, k, n)) if total_n else None
+    return {
+        "rate": total_k / total_n if total_n else None,
+        "rate_ci_low": interval[0] if interval else None,
+        "rate_ci_high": interval[1] if interval else None,
+        "k": total_k,
+        "n": total_n,
+    }
+
+
 def _add_divergence_intervals(groups, samples, categories, group_of, kl_smoothing: float, bce_eps: float) -> None:
     """KL(real ‖ sim) and BCE(real, sim) per resample pair (real resample b, simulator resample b)."""
     real = samples.get(REAL)
@@ -195,10 +230,8 @@ def _add_divergence_intervals(groups, samples, categories, group_of, kl_smoothin
         if name == REAL:
             continue
         issues = groups[name].get("issues")
-        if issues is not None and categories and "category_counts" in sample.replicates and "category_counts" in real.replicates:
-            sample.replicates["issue_kl"] = kl_replicates(real.replicates["category_counts"], sample.replicates["category_counts"], kl_smoothing)
-            if issues.get("kl_from_real") is not None:
-                _set_interval(issues, "kl_from_real", stats.percentile_interval(sample.replicates["issue_kl"]))
+        if issues is not None and categories:
+            add_kl_interval(issues, sample, real, kl_smoothing)
         bce = (groups[name].get("actions") or {}).get("bce")
         if bce and "action_rates" in sample.replicates and "action_rates" in real.replicates:
             names = sorted(group_of)

@@ -24,7 +24,9 @@ excludes zero, and the report opens with a power sentence instead of a verdict w
 discriminators' held-out sets are too small to detect a 10-point change in accuracy. Parts that
 other stages may add are rendered when present and skipped when absent: held-out perplexity
 (`<simulator>.perplexity`), the simulate reports' truncation shares, the discriminator's
-structure-only baseline.
+structure-only baseline. The simulator-error table (`<group>.simulator_errors`, the real users'
+row being the rules' false-positive floor) follows the issues; the `aggregate` row (simulators
+pooled, keys `aggregate.*`) closes the issues and A/B tables when the run has one.
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ def flat_metrics(metrics: dict, decimals: int | None = None) -> dict:
     out: dict = {}
     for name in metrics["order"]:
         _flatten(name, metrics["groups"][name], out, decimals)
+    _flatten("aggregate", metrics.get("aggregate") or {}, out, decimals)  # the pooled simulators' row
     _flatten("judge", metrics.get("judge", {}), out, decimals)
     return dict(sorted(out.items()))
 
@@ -649,20 +652,21 @@ def render_markdown(metrics: dict, figures: Mapping[str, str], category_simulato
         lines += [f"![discriminator accuracy]({figures['discriminator']})", ""]
 
     lines += ["## Issues (paper figure 2, table 3)", ""]
+    aggregate = metrics.get("aggregate")
+    issue_rows = [_issue_row(n, metrics["groups"][n], n == "real") for n in order]
+    if aggregate:
+        issue_rows.append(_issue_row(_aggregate_label(aggregate), aggregate, False))
     lines.append(_table(
         ["group", "issue rate [95% CI]", "± SE", "flagged / chatbot messages", "judged sessions", "KL(real‖sim) [95% CI]",
          "raw KL (support; categories missed)", "r (real vs sim, per chatbot)", "p"],
-        [[n, _with_interval(_get(metrics, n, "issues"), "rate", "pct"), _fmt(_get(metrics, n, "issues", "se"), "pct"),
-          f"{_fmt(_get(metrics, n, 'issues', 'k'), 'int')} / {_fmt(_get(metrics, n, 'issues', 'n'), 'int')}"
-          if _get(metrics, n, "issues") else MISSING,
-          _fmt(_get(metrics, n, "issues", "n_sessions_judged"), "int"),
-          _with_interval(_get(metrics, n, "issues"), "kl_from_real") if n != "real" else MISSING,
-          _raw_kl(_get(metrics, n, "issues", "kl_unsmoothed")) if n != "real" else MISSING,
-          _fmt(_get(metrics, n, "predictive_validity", "r"), "f3"), _fmt(_get(metrics, n, "predictive_validity", "p"), "p")]
-         for n in order],
+        issue_rows,
     ))
     why = sorted({_get(metrics, n, "predictive_validity", "why") for n in simulators} - {None})
     lines += [""] + [f"Predictive validity not applicable: {w}." for w in why] + [""]
+    if aggregate:
+        lines += [f"{_aggregate_label(aggregate)}: the sessions of {', '.join(aggregate['simulators'])} pooled "
+                  f"({aggregate['n_sessions']} sessions; paper table 3 \"Aggregate\"); its rate is Σ flagged / Σ chatbot "
+                  "messages over them, its intervals a bootstrap over the pooled sessions.", ""]
     smoothing = metrics.get("settings", {}).get("kl_smoothing")
     lines += ["Issue rate interval: bootstrap over sessions (messages of one session are not independent). KL in nats",
               f"over issue-category shares, each side smoothed with {smoothing} pseudo-count(s) in total spread over the",
@@ -673,6 +677,8 @@ def render_markdown(metrics: dict, figures: Mapping[str, str], category_simulato
     if "issue_category_deltas" in figures:
         lines += [f"Issue-category discrepancy of {category_simulator} (paper figure 4):", "",
                   f"![issue category deltas]({figures['issue_category_deltas']})", ""]
+
+    lines += _simulator_error_lines(metrics)
 
     lines += ["## User actions (paper table 4, figure 5)", ""]
     action_groups = sorted(set(_action_groups(metrics).values()))
@@ -687,8 +693,11 @@ def render_markdown(metrics: dict, figures: Mapping[str, str], category_simulato
 
     lines += ["## A/B replication (paper table 5)", ""]
     ab_rows = []
-    for n in simulators:
-        for pair, result in sorted((_get(metrics, n, "ab") or {}).items()):
+    ab_groups = [(n, _get(metrics, n, "ab")) for n in simulators]
+    if aggregate:
+        ab_groups.append((_aggregate_label(aggregate), aggregate.get("ab")))
+    for n, found in ab_groups:
+        for pair, result in sorted((found or {}).items()):
             sim, real = result.get("simulation", {}), result.get("real", {})
             ab_rows.append([
                 n, f"{result.get('control')} → {result.get('treatment')}",
@@ -702,7 +711,7 @@ def render_markdown(metrics: dict, figures: Mapping[str, str], category_simulato
             ["simulator", "control → treatment", "sim control", "sim treatment", "sim z", "sim p",
              "real control", "real treatment", "real z", "real p", "directions agree"], ab_rows))
         reasons = sorted({
-            f"{side}: {r[side]['why']}" for n in simulators for r in (_get(metrics, n, "ab") or {}).values()
+            f"{side}: {r[side]['why']}" for _, found in ab_groups for r in (found or {}).values()
             for side in ("simulation", "real") if not r.get(side, {}).get("applicable", True)
         })
         lines += [""] + [f"- {reason}" for reason in reasons]
@@ -731,6 +740,68 @@ def render_markdown(metrics: dict, figures: Mapping[str, str], category_simulato
     if judge.get("n_judged_sessions_outside_groups"):
         lines += [f"Judged sessions outside every group (not counted): {judge['n_judged_sessions_outside_groups']}.", ""]
     return "\n".join(line for line in _squeeze(lines)) + "\n"
+
+
+def _aggregate_label(aggregate: dict) -> str:
+    return f"aggregate ({' + '.join(aggregate['simulators'])})"
+
+
+def _issue_row(label: str, group: dict, is_real: bool) -> list[str]:
+    """One row of the issues table, from a group's metrics (or the aggregate's)."""
+    issues = group.get("issues")
+    validity = group.get("predictive_validity") or {}
+    return [
+        label, _with_interval(issues, "rate", "pct"), _fmt((issues or {}).get("se"), "pct"),
+        f"{_fmt(issues.get('k'), 'int')} / {_fmt(issues.get('n'), 'int')}" if issues else MISSING,
+        _fmt((issues or {}).get("n_sessions_judged"), "int"),
+        MISSING if is_real else _with_interval(issues, "kl_from_real"),
+        MISSING if is_real else _raw_kl((issues or {}).get("kl_unsmoothed")),
+        _fmt(validity.get("r"), "f3"), _fmt(validity.get("p"), "p"),
+    ]
+
+
+def _simulator_error_lines(metrics: dict) -> list[str]:
+    """Simulator errors per group (dial.evaluation.simulator_errors), the real users' row being the
+    rules' false-positive floor, and the issue rate without the sessions the simulator broke."""
+    order = metrics["order"]
+    if not any(_get(metrics, n, "simulator_errors") for n in order):
+        return []
+    rows = []
+    for n in order:
+        found = _get(metrics, n, "simulator_errors")
+        if not found:
+            continue
+        by_message, by_session = found.get("messages_by_flag", {}), found.get("sessions_by_flag", {})
+        clean = _get(metrics, n, "issues", "without_simulator_errors")
+        rows.append([
+            "real (control)" if n == "real" else n,
+            f"{_with_interval(found, 'rate', 'pct')} ({_fmt(found.get('k'), 'int')} / {_fmt(found.get('n'), 'int')})",
+            f"{_with_interval(found, 'session_rate', 'pct')} ({_fmt(found.get('sessions_flagged'), 'int')} / "
+            f"{_fmt(found.get('n_sessions'), 'int')})",
+            _fmt(by_message.get("role_break"), "int"), _fmt(by_message.get("verbatim_context"), "int"),
+            _fmt(by_message.get("contradicts_profile"), "int"), _fmt(by_session.get("ended_mid_task"), "int"),
+            f"{_with_interval(_get(metrics, n, 'issues'), 'rate', 'pct')} (n {_fmt(_get(metrics, n, 'issues', 'n'), 'int')})"
+            if _get(metrics, n, "issues") else MISSING,
+            f"{_with_interval(clean, 'rate', 'pct')} (n {_fmt(clean.get('n'), 'int')}; {clean.get('n_sessions_excluded')} sessions out)"
+            if clean else MISSING,
+        ])
+    missing_context = sum(_get(metrics, n, "simulator_errors", "n_sessions_without_context") or 0 for n in order)
+    lines = ["## Simulator errors (role adherence)", "",
+             _table(["group", "user messages flagged [95% CI] (k / n)", "sessions flagged [95% CI] (k / n)",
+                     "role break (messages)", "context copied (messages)", "contradicts profile (messages)",
+                     "ended mid-task (sessions)", "chatbot issue rate [95% CI]", "issue rate without flagged sessions [95% CI]"],
+                    rows), "",
+             "A simulator error is what a simulated user should never do: speak as the assistant, talk about its "
+             "instructions or the simulation, leak chat markup (role break), copy 8+ consecutive words of its context, "
+             "state a name / age / gender its profile contradicts, or end the session in its first turn or right after "
+             "the chatbot asked a question (dial.evaluation.simulator_errors). The real users' row runs the same rules "
+             "on the real sessions: what they flag there is the rules' false-positive floor, and a simulator's rate "
+             "means something only above it. The last column is the chatbot's issue rate without the sessions that have "
+             "any flag: where it differs from the one before, part of the chatbot's issues answer a broken simulated user. "
+             "Message share: 95% bootstrap over sessions; session share: Wilson; n = chatbot messages for the issue rates.", ""]
+    if missing_context:
+        lines += [f"{missing_context} session(s) had no context to compare with (no copy or profile check there).", ""]
+    return lines
 
 
 def _raw_kl(found: dict | None) -> str:

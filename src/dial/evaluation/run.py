@@ -225,16 +225,14 @@ def run_evaluate(params: Params, simulator_ids: Sequence[str], data_dir: Path, r
     if params.discriminator.max_user_turns:
         simulated_user_turns = min(simulated_user_turns, params.discriminator.max_user_turns)
 
-    # Session shape, like for like: the cut sessions, and whether the user ended each one in them.
-    structure = {
-        REAL: session_structure.per_session(
-            real_messages, session_structure.real_ended(whole_real_messages, user_turns), real_sessions["session_id"]
-        )
-    }
+    # Whether the user ended each session within the compared turns (a real one: read whole), for
+    # the session shape and the ended-mid-task simulator error.
+    user_ended = {REAL: session_structure.real_ended(whole_real_messages, user_turns)}
+    user_ended.update({name: session_structure.simulated_ended(simulations) for name, (_, _, simulations) in simulated.items()})
+    # Session shape, like for like: the cut sessions.
+    structure = {REAL: session_structure.per_session(real_messages, user_ended[REAL], real_sessions["session_id"])}
     for name, (sessions, messages, simulations) in simulated.items():
-        structure[name] = session_structure.per_session(
-            messages, session_structure.simulated_ended(simulations), sessions["session_id"]
-        )
+        structure[name] = session_structure.per_session(messages, user_ended[name], sessions["session_id"])
 
     metrics = evaluate(
         real_sessions,
@@ -255,6 +253,7 @@ def run_evaluate(params: Params, simulator_ids: Sequence[str], data_dir: Path, r
         simulated_user_turns=simulated_user_turns,
         user_turns=user_turns,
         structure=structure,
+        user_ended=user_ended,
     )
     extra_figures = {}
     if params.evaluate.tsne.enabled:
