@@ -147,3 +147,21 @@ def test_a_cut_past_the_last_simulated_turn_is_an_error():
     params = Params.model_validate({"simulate": {"max_turns": SIMULATED_TURNS}, "evaluate": {"max_user_turns": SIMULATED_TURNS + 1}})
     with pytest.raises(DialError, match="exceeds simulate.max_turns"):
         run.compared_user_turns(params)
+
+
+@pytest.mark.parametrize("max_user_turns, expected", [(0, 2), (2, 0)])
+def test_a_simulated_user_who_ended_past_the_cut_did_not_end_mid_task(workspace, max_user_turns, expected):
+    params, _, root = workspace
+    directory = paths.simulated_dir("sft")
+    simulations = io.SIMULATIONS.read(directory / "simulations.parquet").assign(stop_reason="user_ended")
+    io.SIMULATIONS.write(simulations, directory / "simulations.parquet")
+    messages = io.MESSAGES.read(paths.messages_file(directory))
+    messages["text"] = messages["text"].where(messages["role"] == "user", "and what happened next?")
+    io.MESSAGES.write(messages, paths.messages_file(directory))
+    params = params.model_copy(update={"evaluate": params.evaluate.model_copy(update={"max_user_turns": max_user_turns})})
+    run.run_evaluate(params, ["sft"], root / "data" / "evaluation", root / "reports", progress=False)
+    flat = json.loads((root / "reports" / "metrics.json").read_text(encoding="utf-8"))
+    # Whole (3 turns): each user left right after a question. Cut at 2: the ending lies past the cut.
+    assert flat["sft.simulator_errors.sessions_by_flag.ended_mid_task"] == expected
+    assert flat["real.simulator_errors.sessions_by_flag.ended_mid_task"] == 0  # real-short left after a statement
+    assert "## Simulator errors (role adherence)" in (root / "reports" / "report.md").read_text(encoding="utf-8")

@@ -177,6 +177,10 @@ def run_evaluate(params: Params, simulator_ids: Sequence[str], data_dir: Path, r
     )
     user_turns = compared_user_turns(params)
     real_messages = cut_sessions(whole_real_messages, user_turns)
+    # A simulated session whose user ended it past the cut did not end within the compared turns.
+    simulated_within_cut = {
+        name: session_structure.real_ended(messages, user_turns) for name, (_, messages, _) in simulated.items()
+    }
     simulated = {
         name: (sessions, cut_sessions(messages, user_turns), simulations)
         for name, (sessions, messages, simulations) in simulated.items()
@@ -225,14 +229,22 @@ def run_evaluate(params: Params, simulator_ids: Sequence[str], data_dir: Path, r
     if params.discriminator.max_user_turns:
         simulated_user_turns = min(simulated_user_turns, params.discriminator.max_user_turns)
 
-    # Whether the user ended each session within the compared turns (a real one: read whole), for
-    # the session shape and the ended-mid-task simulator error.
-    user_ended = {REAL: session_structure.real_ended(whole_real_messages, user_turns)}
-    user_ended.update({name: session_structure.simulated_ended(simulations) for name, (_, _, simulations) in simulated.items()})
-    # Session shape, like for like: the cut sessions.
-    structure = {REAL: session_structure.per_session(real_messages, user_ended[REAL], real_sessions["session_id"])}
+    # Session shape, like for like: the cut sessions, and whether the user ended each one in them.
+    real_ended = session_structure.real_ended(whole_real_messages, user_turns)
+    structure = {REAL: session_structure.per_session(real_messages, real_ended, real_sessions["session_id"])}
     for name, (sessions, messages, simulations) in simulated.items():
-        structure[name] = session_structure.per_session(messages, user_ended[name], sessions["session_id"])
+        structure[name] = session_structure.per_session(
+            messages, session_structure.simulated_ended(simulations), sessions["session_id"]
+        )
+    # Who ended a session within the compared turns, for the ended-mid-task simulator error: a real
+    # user read on the whole session; a simulated one wrote the end marker and was not cut.
+    user_ended = {REAL: real_ended}
+    for name, (_, _, simulations) in simulated.items():
+        within_cut = simulated_within_cut[name]
+        user_ended[name] = {
+            session_id: ended and within_cut.get(session_id, True)  # no message at all: ended at once
+            for session_id, ended in session_structure.simulated_ended(simulations).items()
+        }
 
     metrics = evaluate(
         real_sessions,
