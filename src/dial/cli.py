@@ -180,6 +180,7 @@ def chat(
     from dial import io, paths
     from dial.simulation.chat import chat_loop
     from dial.chatbots import make_chatbots
+    from dial.chatbots.replay import partner_turns
     from dial.simulation.backends import load_simulator
 
     params = load_params(params_file)
@@ -202,13 +203,12 @@ def chat(
         if chatbot not in configured:
             fail(f"chatbot {chatbot!r} is not in {params_file} (have: {', '.join(configured)})")
         messages = io.MESSAGES.read(paths.messages_file(paths.SCRUBBED_DIR))
-        real = messages[messages["role"] == "assistant"].sort_values(["session_id", "turn_index"]).groupby("session_id")["text"].agg(list).to_dict()
-        (bot,) = make_chatbots([configured[chatbot]], paths.BASE_MODEL_DIR, real, params.simulate.precision, 1)
+        (bot,) = make_chatbots([configured[chatbot]], paths.BASE_MODEL_DIR, partner_turns(messages), params.simulate.precision, 1)
     generator = load_simulator(simulator, params.simulator, paths.BASE_MODEL_DIR, adapter, params.simulate.precision, 1)
     typer.echo(f"simulator {simulator} as the user of session {row['session_id']}\ncontext summary: {row['current_summary']}\n")
     chat_loop(generator, row["context_text"], params.simulate.decoding, bot, ask=input, say=typer.echo,
               max_turns=max_turns, seed=seed, end_marker=params.sft_samples.end_marker,
-              message_separator=params.sft_samples.message_separator)
+              message_separator=params.sft_samples.message_separator, real_session_id=str(row["session_id"]))
 
 
 @app.command()

@@ -16,7 +16,7 @@ def chatbots(tiny_model_dir):
                       decoding=DecodingParams(temperature=1.0, top_p=1.0, max_new_tokens=5)),
         ChatbotParams(name="replay", backend="replay"),
     ]
-    return make_chatbots(params, tiny_model_dir, {"real-1": ["hello there", "bye"]}, precision="fp32", batch_size=8)
+    return make_chatbots(params, tiny_model_dir, {"real-1": [["hello there"], ["bye"]]}, precision="fp32", batch_size=8)
 
 
 def requests(n: int, seed: int = 0) -> list[ChatRequest]:

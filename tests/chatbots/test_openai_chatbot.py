@@ -247,7 +247,7 @@ def test_request_body_and_closed_chatbot(scripted):
 
 def test_make_chatbots_builds_the_openai_backend(tiny_server):
     (bot,) = make_chatbots([ChatbotParams(name="prod", backend="openai", base_url=tiny_server.url, model="tiny",
-                                          max_concurrency=CONCURRENCY)], base_model_dir=None, real_assistant_messages={})
+                                          max_concurrency=CONCURRENCY)], base_model_dir=None, real_partner_turns={})
     try:
         assert isinstance(bot, OpenAIChatbot)
         (reply,) = bot.reply([request("s0")])

@@ -9,7 +9,7 @@ import json
 import pandas as pd
 import pytest
 
-from dial.chatbots.replay import ReplayChatbot
+from dial.chatbots.replay import ReplayChatbot, partner_turns
 from dial.errors import DialError
 from dial.evaluation.evaluate import cut_sessions, evaluate
 from dial.simulation.generation import Generated
@@ -44,7 +44,7 @@ class ScriptedUser:
 def simulated_messages(real: pd.DataFrame, max_turns: int) -> pd.DataFrame:
     """The messages the simulation engine writes for one session of at most `max_turns` user
     turns, its chatbot replaying the real session's chatbot messages."""
-    replies = list(real.loc[real["role"] == "assistant", "text"])
+    replies = partner_turns(real.assign(session_id="real"))["real"]
     state = SessionState(session_id="sim", real_session_id="real", real_user_id="u", chatbot_id="replay", simulation_index=0,
                          seed=0, context_text="context", current_summary="summary", topic=None)
     Simulation(ScriptedUser(), [ReplayChatbot("replay", {"real": replies})], SimulateParams(max_turns=max_turns)).run(

@@ -27,7 +27,7 @@ def test_simulator_talks_to_a_person_until_they_quit(generator):
 
 def test_simulator_talks_to_a_backend_which_ends_it(generator):
     shown = []
-    bot = ReplayChatbot("replay", {"chat": ["one", "two"]})
+    bot = ReplayChatbot("replay", {"chat": [["one"], ["two"]]})
     reason = chat_loop(generator, "ctx", SAMPLING, bot, ask=lambda prompt: pytest.fail("no typing with a backend"),
                        say=shown.append, max_turns=5)
     assert reason == "chatbot_ended"

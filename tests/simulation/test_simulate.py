@@ -199,10 +199,10 @@ def test_guardrail_rules():
 
 
 def test_replay_chatbot_replays_real_assistant_messages_in_order_then_ends():
-    bot = ReplayChatbot("replay", {"r0": ["first", "second"]})
+    bot = ReplayChatbot("replay", {"r0": [["first"], ["second"]]})
     sessions = states(1)
     simulator = ScriptedSimulator(lambda conv: f"user {user_turns(conv)}")
-    Simulation(simulator, [ReplayChatbot("bot", {"r0": ["first", "second"]})], SimulateParams(max_turns=5)).run(sessions, progress=False)
+    Simulation(simulator, [ReplayChatbot("bot", {"r0": [["first"], ["second"]]})], SimulateParams(max_turns=5)).run(sessions, progress=False)
     assert [t for r, t in sessions[0].history if r == "assistant"] == ["first", "second"]
     assert sessions[0].stop_reason == "chatbot_ended"
     with pytest.raises(ChatbotError, match="unknown"):

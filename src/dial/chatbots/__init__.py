@@ -14,11 +14,12 @@ __all__ = ["Chatbot", "ChatbotError", "ChatReply", "ChatRequest", "make_chatbots
 def make_chatbots(
     chatbots: Sequence[ChatbotParams],
     base_model_dir: Path,
-    real_assistant_messages: Mapping[str, list[str]],
+    real_partner_turns: Mapping[str, list[list[str]]],
     precision: str = "auto",
     batch_size: int = 32,
 ) -> list[Chatbot]:
-    """Build every configured chatbot; `hf` chatbots on the same model share one loaded copy."""
+    """Build every configured chatbot; `hf` chatbots on the same model share one loaded copy.
+    `real_partner_turns` (`replay.partner_turns` of the real messages) is what `replay` answers with."""
     from dial.chatbots.hf import HFChatbot
     from dial.chatbots.replay import ReplayChatbot
     from dial.simulation.generation import ChatGenerator
@@ -36,7 +37,7 @@ def make_chatbots(
 
             built.append(OpenAIChatbot(params))
         else:
-            built.append(ReplayChatbot(params.name, real_assistant_messages))
+            built.append(ReplayChatbot(params.name, real_partner_turns))
     return built
 
 

@@ -32,6 +32,14 @@ class ChatReply:
     # token within max_new_tokens; openai: finish_reason "length"). A cut is our artifact, not the
     # chatbot's behaviour: the simulated messages table records it and judges do not count it.
     truncated: bool = False
+    # More messages of the same chatbot turn, after `text`: a burst, as real partners send them
+    # (replay). The simulated user answers once, after all of them.
+    follow_ups: tuple[str, ...] = ()
+
+    @property
+    def messages(self) -> list[str]:
+        """The turn's messages in order (none when the chatbot ended the conversation)."""
+        return [] if self.text is None else [self.text, *self.follow_ups]
 
 
 class ChatbotError(DialError):

@@ -100,6 +100,7 @@ def evaluate_chatbots(
     """Simulate `n_contexts` held-out contexts × `n_simulations` against each named chatbot (from
     `params.chatbots`), judge every session, and summarise per chatbot (+ A/B test for two)."""
     from dial.chatbots import make_chatbots
+    from dial.chatbots.replay import partner_turns
     from dial.simulation.backends import load_simulator
     from dial.simulation.simulate import Simulation, plan_sessions, select_contexts, to_frames
 
@@ -118,12 +119,9 @@ def evaluate_chatbots(
     splits = io.SPLITS.read(paths.SPLITS_FILE)
     selected = select_contexts(contexts, sessions, messages, splits, simulate_params)
     states = plan_sessions(selected, list(chatbot_names), simulator_id, simulate_params)
-    real_assistant = (
-        messages[messages["role"] == "assistant"].sort_values(["session_id", "turn_index"]).groupby("session_id")["text"].agg(list).to_dict()
-    )
     simulator = load_simulator(simulator_id, params.simulator, paths.BASE_MODEL_DIR, adapter, simulate_params.precision,
                                simulate_params.batch_size)
-    chatbots = make_chatbots([configured[name] for name in chatbot_names], paths.BASE_MODEL_DIR, real_assistant,
+    chatbots = make_chatbots([configured[name] for name in chatbot_names], paths.BASE_MODEL_DIR, partner_turns(messages),
                              simulate_params.precision, simulate_params.batch_size)
     try:
         Simulation(

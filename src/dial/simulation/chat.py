@@ -28,6 +28,7 @@ def chat_loop(
     seed: int = 0,
     end_marker: str = DEFAULT_END_MARKER,
     message_separator: str = DEFAULT_MESSAGE_SEPARATOR,
+    real_session_id: str = "chat",
 ) -> str:
     """Alternate simulator (user) and chatbot (backend, or a person through `ask`) turns; a user
     turn may be several messages (`parse_user_turn`). Returns the stop reason."""
@@ -50,15 +51,18 @@ def chat_loop(
             reply = ask("CHATBOT > ").strip()
             if reply in QUIT_COMMANDS or not reply:
                 return "chatbot_ended"
+            replies = [reply]
         else:
+            # real_session_id: the session whose context grounds the chat (replay answers with its turns).
             (answer,) = chatbot.reply(
-                [ChatRequest("chat", "chat", stable_seed(seed, "chatbot", turn), [{"role": r, "content": t} for r, t in history])]
+                [ChatRequest("chat", real_session_id, stable_seed(seed, "chatbot", turn), [{"role": r, "content": t} for r, t in history])]
             )
             if answer.text is None:
                 say("--- the chatbot ended the conversation")
                 return "chatbot_ended"
-            reply = answer.text
-            say(f"CHATBOT {reply}")
-        history.append(("assistant", reply))
+            replies = answer.messages  # a replayed burst: several messages, one turn
+            for reply in replies:
+                say(f"CHATBOT {reply}")
+        history.extend(("assistant", reply) for reply in replies)
     say(f"--- {max_turns} turns reached")
     return "max_turns"

@@ -329,8 +329,11 @@ class Simulation:
                 if reply.text is None or not reply.text.strip():
                     state.stop_reason = "chatbot_ended"
                 else:
-                    state.history.append(("assistant", reply.text))
-                    state.message_metadata.append({**reply.metadata, "truncated": reply.truncated})
+                    messages = reply.messages
+                    for k, message in enumerate(messages):
+                        state.history.append(("assistant", message))
+                        # Only a turn's last message can be cut by a token budget.
+                        state.message_metadata.append({**reply.metadata, "truncated": reply.truncated and k == len(messages) - 1})
 
 
 # --- artifacts ----------------------------------------------------------------------------------
@@ -528,6 +531,7 @@ def run_simulate(
     simulator_settings = simulator_settings or SimulatorParams()
     from dial import io, paths
     from dial.chatbots import make_chatbots
+    from dial.chatbots.replay import partner_turns
     from dial.checks import assert_checks
 
     sessions = io.SESSIONS.read(paths.sessions_file(scrubbed_dir))
@@ -559,11 +563,8 @@ def run_simulate(
         simulator_id, len(selected), params.n_simulations, len(chatbot_ids), len(states), len(todo),
     )
     if todo:
-        real_assistant = (
-            messages[messages["role"] == "assistant"].sort_values(["session_id", "turn_index"]).groupby("session_id")["text"].agg(list).to_dict()
-        )
         simulator = load_simulator(simulator_id, simulator_settings, base_model_dir, adapter_dir, params.precision, params.batch_size)
-        chatbots = make_chatbots(chatbot_params, base_model_dir, real_assistant, params.precision, params.batch_size)
+        chatbots = make_chatbots(chatbot_params, base_model_dir, partner_turns(messages), params.precision, params.batch_size)
         simulation = Simulation(
             simulator, chatbots, params, end_marker, on_round_end=lambda _: resume.save(states),
             message_separator=message_separator,
