@@ -19,6 +19,7 @@ from dial.prompting import (
     parse_user_turn,
     render_instruction,
     simulator_messages,
+    trim_cut_turn,
     user_messages_in_turns,
 )
 from dial.sft_samples import build_sft_samples
@@ -215,3 +216,37 @@ _plain_message = st.text(alphabet=string.ascii_letters + string.digits + " .,!?'
 @given(messages=st.lists(_plain_message, min_size=1, max_size=4), ends=st.booleans())
 def test_a_joined_turn_of_plain_messages_parses_back_exactly(messages, ends):
     assert parse_user_turn(join_user_turn(messages, ends, END, SEP), END, SEP) == UserTurn(tuple(messages), ends)
+
+
+def test_a_cut_turn_is_trimmed_to_its_last_complete_sentence():
+    assert trim_cut_turn(UserTurn(("i slept badly. then i kept wak",), False)) == UserTurn(("i slept badly.",), False)
+    assert trim_cut_turn(UserTurn(('he said "no!" and then',), False)) == UserTurn(('he said "no!"',), False)
+    assert trim_cut_turn(UserTurn(("well... maybe i could tr",), False)) == UserTurn(("well...",), False)
+    assert trim_cut_turn(UserTurn(("it ended right here.",), False)) == UserTurn(("it ended right here.",), False)
+    assert trim_cut_turn(UserTurn(("version 3.5 of the",), False)) is None  # no sentence end: stays cut
+    assert trim_cut_turn(UserTurn(("hi", "and then i was go"), False)) == UserTurn(("hi",), False)  # burst: drop the cut message
+    ending = UserTurn(("bye",), True)
+    assert trim_cut_turn(ending) is ending  # an ending turn is whole
+
+
+@given(st.lists(st.text(alphabet=string.ascii_lowercase + " .!?", min_size=1, max_size=40), min_size=1, max_size=3))
+def test_a_trimmed_turn_is_a_prefix_of_the_cut_one_and_ends_at_a_sentence(messages):
+    messages = tuple(message.strip() for message in messages if message.strip())
+    if not messages:
+        return
+    trimmed = trim_cut_turn(UserTurn(messages, False))
+    if trimmed is None:
+        assert len(messages) == 1
+        return
+    assert trimmed.messages[:-1] == messages[: len(trimmed.messages) - 1] and not trimmed.ends
+    last = trimmed.messages[-1]
+    original = messages[len(trimmed.messages) - 1]
+    assert original.startswith(last)
+    assert last == original or last[-1] in ".!?"
+
+
+def test_pairs_keep_a_cut_alternative_trimmed_as_the_simulation_would():
+    assert candidate_text("fine. and th", END, hit_max_tokens=True) == ("fine.", None)
+    text, status = candidate_text("and then i", END, hit_max_tokens=True)
+    assert (text, status) == ("and then i", "truncated")
+    assert candidate_text(f"ok bye {END} and", END, hit_max_tokens=True) == (f"ok bye<|msg|>{END}", None)  # ends: whole

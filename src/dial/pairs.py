@@ -29,7 +29,8 @@ For simulator S and the discriminator D_S trained on S's sessions:
    turn as `join_user_turn` writes it — its messages joined by the separator, and the end marker
    as the last piece when it ends the conversation (ending is one more action, kept whole into the
    pair and DPO). An alternative with neither message nor marker is `empty`, not scored. One that
-   stopped at `max_new_tokens` mid-message is `truncated`, not scored either: as a chosen
+   stopped at `max_new_tokens` is trimmed to its last complete sentence, as the simulation keeps
+   such a turn (`prompting.trim_cut_turn`); without one it is `truncated`, not scored: as a chosen
    completion DPO would teach the simulator to stop mid-sentence (or to write long turns), an
    artifact of our budget, not something real users do. Identical texts at
    one point are scored once: later copies are `duplicate` (same tokens, hence the same reward,
@@ -115,6 +116,7 @@ from dial.prompting import (
     join_user_turn,
     parse_user_turn,
     simulator_messages,
+    trim_cut_turn,
 )
 from dial.rewards import critical_points, message_rewards
 from dial.simulation.simulate import stable_seed
@@ -235,12 +237,19 @@ def build_points(
 
 
 def candidate_text(
-    generated: str, end_marker: str = DEFAULT_END_MARKER, separator: str = DEFAULT_MESSAGE_SEPARATOR
+    generated: str, end_marker: str = DEFAULT_END_MARKER, separator: str = DEFAULT_MESSAGE_SEPARATOR,
+    hit_max_tokens: bool = False,
 ) -> tuple[str, str | None]:
-    """(text kept, status if it cannot be scored) of a sampled turn, read by the simulation's rule
-    (`parse_user_turn`) and kept whole: its messages joined by the separator, the end marker last
-    when it ends the conversation (`join_user_turn`). Neither message nor marker: `empty`."""
+    """(text kept, status if it cannot be scored) of a sampled turn, read by the simulation's rules
+    (`parse_user_turn`; cut at the token cap: `trim_cut_turn`) and kept whole: its messages joined
+    by the separator, the end marker last when it ends the conversation (`join_user_turn`).
+    Neither message nor marker: `empty`; cut with no complete sentence to end at: `truncated`."""
     user_turn = parse_user_turn(generated, end_marker, separator)
+    if hit_max_tokens and not user_turn.ends:
+        whole = trim_cut_turn(user_turn)
+        if whole is None:
+            return join_user_turn(user_turn.messages, False, end_marker, separator), TRUNCATED
+        user_turn = whole
     if not user_turn.messages and not user_turn.ends:
         return "", EMPTY
     return join_user_turn(user_turn.messages, user_turn.ends, end_marker, separator), None
@@ -289,9 +298,7 @@ def sample_alternatives(
                 rows.append({**row, "text": "", "status": skipped[index], "seed": seed, "n_tokens": 0})
                 continue
             output, seed = by_job[(index, j)]
-            text, status = candidate_text(output.text, end_marker, message_separator)
-            if status is None and output.hit_max_tokens:
-                status = TRUNCATED
+            text, status = candidate_text(output.text, end_marker, message_separator, output.hit_max_tokens)
             if status is None:
                 status = DUPLICATE if text in seen else SCORED
                 seen.add(text)

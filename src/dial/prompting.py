@@ -19,6 +19,10 @@ The separator is a marker in the style of the end marker, not whitespace: real m
 line breaks (and a model writes them inside one message), but no user types "<|msg|>"; a real
 message that does contain it is quarantined by the SFT sample builder, never split.
 
+A turn cut at the token cap is trimmed to its last complete sentence (`trim_cut_turn`) where the
+simulation keeps or samples it (simulate, `dial chat`, pairs' alternatives), so a cut message is
+rare and counted, not the norm.
+
 `parse_user_turn` is the one rule every stage applies to a generated user turn (simulation,
 `dial chat`, pairs' alternatives, the termination probe). The end marker *anywhere* in the turn
 ends the conversation; the text before the first marker is split on the separator into the
@@ -149,6 +153,25 @@ def parse_user_turn(
         if piece.strip(_MARKER_CHARACTERS):
             messages.append(piece)
     return UserTurn(messages=tuple(messages), ends=end is not None)
+
+
+# A sentence end inside a text: . ! ? or an ellipsis, a closing quote or bracket may follow, then a space.
+_SENTENCE_END_IN_TEXT = re.compile(r"[.!?\u2026]+[\"')\]]*(?=\s)")
+
+
+def trim_cut_turn(turn: UserTurn) -> UserTurn | None:
+    """A turn cut at the token cap, ended where its writing last ended: its last message at that
+    message's last complete sentence, or, when it has none, without that message if earlier ones
+    are whole (a burst's earlier messages ended at a separator). None: no such place (one run-on
+    message); the turn stays cut. A cut turn ends mid-word, which a discriminator spots at a glance
+    and no DPO step can change: the budget's artifact, not the simulator's behaviour."""
+    if turn.ends or not turn.messages:
+        return turn
+    *earlier, last = turn.messages
+    sentence_ends = list(_SENTENCE_END_IN_TEXT.finditer(last + " "))
+    if sentence_ends:
+        return UserTurn(messages=(*earlier, last[: sentence_ends[-1].end()].strip()), ends=False)
+    return UserTurn(messages=tuple(earlier), ends=False) if earlier else None
 
 
 def is_end_of_conversation(generated: str, end_marker: str = DEFAULT_END_MARKER) -> bool:

@@ -23,6 +23,7 @@ from dial.simulation.simulate import (
 )
 
 END = "<|endconversation|>"
+SEP = "<|msg|>"
 
 
 # --- a tiny real corpus on disk -------------------------------------------------------------------
@@ -231,6 +232,26 @@ def test_messages_cut_by_the_token_budget_are_marked_truncated():
     io.MESSAGES.validate(messages)
     marks = [(role, is_truncated(metadata)) for role, metadata in zip(messages["role"], messages["metadata"])]
     assert marks == [("user", True), ("assistant", True), ("user", False), ("assistant", False), ("user", False)]
+
+
+def test_a_user_turn_cut_at_the_cap_is_trimmed_to_its_last_sentence_and_counted():
+    class CappedSimulator(ScriptedSimulator):
+        def generate(self, conversations, decoding, seeds, cache_keys=None, progress=False):
+            # Turn 1: a sentence, then cut mid-word; turn 2: a whole message, then a second one cut
+            # without a sentence end; turn 3: one cut run-on message (stays cut).
+            texts = {0: "i slept badly. then i kept wak", 1: f"fine{SEP}and then i was going to", 2: "so i went to the"}
+            return [Generated(text=texts[user_turns(c)], n_tokens=8, hit_max_tokens=True) for c in conversations]
+
+    sessions = states(1)
+    Simulation(CappedSimulator(None), [ReplayChatbot("bot", {"r0": [["a"], ["b"], ["c"]]})],
+               SimulateParams(max_turns=3)).run(sessions, progress=False)
+    _, messages, _ = to_frames(sessions, "sft")
+    users = messages[messages["role"] == "user"]
+    assert list(users["text"]) == ["i slept badly.", "fine", "so i went to the"]
+    assert [is_truncated(m) for m in users["metadata"]] == [False, False, True]
+    assert [json.loads(m)["trimmed"] for m in users["metadata"]] == [True, True, False]
+    report = truncation_report(messages, pd.DataFrame({"session_id": ["s0"], "chatbot_id": ["bot"]}))
+    assert (report["user"]["truncated"], report["user"]["trimmed"], report["user"]["messages"]) == (1, 2, 3)
 
 
 def test_truncation_report_counts_and_wilson_intervals():

@@ -256,6 +256,7 @@ def _truncation(report: dict | None) -> dict | None:
             "share": value.get("share"),
             "share_ci_low": value.get("ci_low"),
             "share_ci_high": value.get("ci_high"),
+            **({"trimmed": value["trimmed"]} if "trimmed" in value else {}),  # user turns trimmed to a sentence end
         }
 
     result = {}

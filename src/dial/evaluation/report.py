@@ -530,12 +530,14 @@ def _truncation_lines(metrics: dict) -> list[str]:
         ]
         for side, entry in sides:
             rows.append([n, side, f"{_fmt(entry.get('truncated'), 'int')} / {_fmt(entry.get('messages'), 'int')}",
-                         _with_interval(entry, "share", "pct")])
+                         _with_interval(entry, "share", "pct"), _fmt(entry.get("trimmed"), "int") if "trimmed" in entry else "—"])
     if not rows:
         return []
     return ["## Messages cut at the token cap", "",
-            _table(["simulator", "messages of", "cut / messages", "share [95% CI]"], rows), "",
-            "Messages that hit simulate's max_new_tokens end mid-sentence, which a discriminator can see.", ""]
+            _table(["simulator", "messages of", "cut / messages", "share [95% CI]", "user turns trimmed to a sentence end"], rows), "",
+            "Messages that hit simulate's max_new_tokens end mid-sentence, which a discriminator can see. A user turn that "
+            "hits it is trimmed to its last complete sentence (counted in the last column); only one with no sentence end "
+            "stays cut.", ""]
 
 
 def _structure_lines(metrics: dict) -> list[str]:

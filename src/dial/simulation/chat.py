@@ -11,7 +11,7 @@ from typing import Callable
 from dial.chatbots import Chatbot, ChatRequest
 from dial.simulation.generation import ChatGenerator
 from dial.params import DecodingParams
-from dial.prompting import DEFAULT_END_MARKER, DEFAULT_MESSAGE_SEPARATOR, parse_user_turn, simulator_messages
+from dial.prompting import DEFAULT_END_MARKER, DEFAULT_MESSAGE_SEPARATOR, parse_user_turn, simulator_messages, trim_cut_turn
 from dial.simulation.simulate import stable_seed
 
 QUIT_COMMANDS = {"/quit", "/exit", "/end"}
@@ -38,6 +38,8 @@ def chat_loop(
             [simulator_messages(context_text, history, message_separator)], decoding, [stable_seed(seed, "user", turn)], cache_keys=["chat"]
         )
         user_turn = parse_user_turn(generated.text, end_marker, message_separator)
+        if generated.hit_max_tokens:
+            user_turn = trim_cut_turn(user_turn) or user_turn  # as the simulation keeps it
         for text in user_turn.messages:
             history.append(("user", text))
             say(f"USER    {text}")

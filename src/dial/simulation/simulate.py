@@ -18,7 +18,9 @@ params and models only simulates the sessions that had not finished.
 
 Every simulated message records in its metadata whether the token budget cut it (`truncated`: the
 simulator or an hf chatbot reached max_new_tokens without its end-of-turn token, an openai chatbot
-answered with finish_reason "length"). A cut message ends mid-sentence because of our budget, not
+answered with finish_reason "length"). A user turn that reached the cap is first trimmed to its
+last complete sentence (`prompting.trim_cut_turn`; `trimmed` in its last message's metadata, counted
+in the report); only a turn with no sentence end to stop at stays cut. A cut message ends mid-sentence because of our budget, not
 because of the user or the chatbot: judges leave it out of "Incomplete message", and the report
 gives the share of cut messages (user side and per chatbot) with a Wilson interval.
 """
@@ -43,7 +45,7 @@ from dial.evaluation.stats import wilson_interval
 from dial.params import GuardrailParams, SimulateParams, SimulatorParams
 from dial.simulation.backends import SimulatorServerError, load_simulator
 from dial.simulation.generation import ChatGenerator
-from dial.prompting import DEFAULT_END_MARKER, DEFAULT_MESSAGE_SEPARATOR, parse_user_turn, simulator_messages
+from dial.prompting import DEFAULT_END_MARKER, DEFAULT_MESSAGE_SEPARATOR, parse_user_turn, simulator_messages, trim_cut_turn
 from dial.schemas import is_truncated
 from dial.summarise import verbatim_leak
 
@@ -280,6 +282,11 @@ class Simulation:
             # One turn: its messages become consecutive user rows (the chatbot answers once, after
             # all of them); `n_tokens` is the whole turn's, on each of its messages.
             user_turn = parse_user_turn(text, self.end_marker, self.message_separator)
+            trimmed = False
+            if hit_max_tokens and not user_turn.ends:
+                whole = trim_cut_turn(user_turn)
+                if whole is not None:
+                    user_turn, hit_max_tokens, trimmed = whole, False, True
             if not user_turn.messages and not user_turn.ends:
                 state.stop_reason = "empty_message"
                 continue
@@ -287,11 +294,12 @@ class Simulation:
                 state.guardrail_flagged += 1
             for k, message in enumerate(user_turn.messages):
                 state.history.append(("user", message))
-                # Only a turn's last message can be cut; an ending turn is whole even if tokens
-                # after the marker ran into the budget.
-                cut = hit_max_tokens and not user_turn.ends and k == len(user_turn.messages) - 1
+                # Only a turn's last message can be cut (or trimmed); an ending turn is whole even
+                # if tokens after the marker ran into the budget.
+                last = k == len(user_turn.messages) - 1
                 state.message_metadata.append(
-                    {"n_tokens": tokens, "attempts": attempt + 1, "flagged": failures, "truncated": cut, "user_turn": turn}
+                    {"n_tokens": tokens, "attempts": attempt + 1, "flagged": failures, "truncated": hit_max_tokens and not user_turn.ends and last,
+                     "trimmed": trimmed and last, "user_turn": turn}
                 )
             if user_turn.ends:
                 state.stop_reason = "user_ended"
@@ -416,13 +424,16 @@ def truncation_report(messages: pd.DataFrame, sessions: pd.DataFrame) -> dict:
     as counts, share and 95% Wilson interval. Every chatbot of `sessions` is listed, also with
     no message (replay is never cut)."""
     cut = messages["metadata"].map(is_truncated).astype(bool)
+    trimmed = messages["metadata"].map(lambda metadata: json.loads(metadata).get("trimmed", False) is True).astype(bool)
     users = messages["role"] == "user"
     chatbot_of = messages["session_id"].map(sessions.set_index("session_id")["chatbot_id"])
     chatbots = {}
     for chatbot in sorted(sessions["chatbot_id"].unique()):
         theirs = (messages["role"] == "assistant") & (chatbot_of == chatbot)
         chatbots[chatbot] = truncation_share(int((cut & theirs).sum()), int(theirs.sum()))
-    return {"user": truncation_share(int((cut & users).sum()), int(users.sum())), "chatbots": chatbots}
+    # User turns that reached the cap and were trimmed to their last complete sentence (not cut).
+    user = {**truncation_share(int((cut & users).sum()), int(users.sum())), "trimmed": int((trimmed & users).sum())}
+    return {"user": user, "chatbots": chatbots}
 
 
 def report(simulations: pd.DataFrame, simulator_id: str, truncation: dict | None = None) -> dict:
@@ -452,7 +463,7 @@ def log_truncation(simulator_id: str, truncation: dict) -> None:
         return (f"{who} {counts['truncated']}/{counts['messages']} ({100 * counts['share']:.1f}%, "
                 f"95% CI {100 * counts['ci_low']:.1f}-{100 * counts['ci_high']:.1f}%)")
 
-    parts = [line(f"user ({simulator_id})", truncation["user"])]
+    parts = [line(f"user ({simulator_id})", truncation["user"]) + f", {truncation['user'].get('trimmed', 0)} more trimmed to a sentence end"]
     parts += [line(chatbot, counts) for chatbot, counts in truncation["chatbots"].items()]
     log.info("simulate %s: messages cut by max_new_tokens: %s", simulator_id, "; ".join(parts))
 
