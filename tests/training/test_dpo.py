@@ -332,3 +332,36 @@ def test_default_params_are_the_papers():
     )
     assert (params.lora.r, params.lora.alpha, params.lora.target_modules) == (8, 16, "all-linear")
     assert params.loss_type == "sigmoid"
+
+
+def test_two_process_ddp_run_matches_one_process_at_the_same_global_batch(pairs_path, tiny_model_dir, previous_adapter_dir, tmp_path):
+    """`accelerate launch` with 2 processes (DDP over gloo on this CPU), 1 pair each, against one
+    process with batches of 2: the same DPO step from the same reference, so the same adapter;
+    only the main process writes."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).with_name("ddp_dpo_run.py")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    args = [str(pairs_path), str(tiny_model_dir), str(previous_adapter_dir)]
+    subprocess.run([sys.executable, str(script), *args, str(tmp_path / "one"), "2"], check=True, env=env, capture_output=True)
+    launched = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+         str(script), *args, str(tmp_path / "two"), "1"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    one, two = (json.loads((tmp_path / name / "dpo.json").read_text()) for name in ("one", "two"))
+    assert (one["processes"], two["processes"]) == (1, 2)
+    assert one["steps"] == two["steps"] == 1
+    weights_one, weights_two = adapter_weights(tmp_path / "one" / "model"), adapter_weights(tmp_path / "two" / "model")
+    previous = load_file(str(previous_adapter_dir / ADAPTER_WEIGHTS))
+    assert weights_one.keys() == weights_two.keys()
+    assert all(torch.allclose(weights_one[k], weights_two[k], atol=1e-6) for k in weights_one)
+    assert weights_two.keys() == previous.keys()
+    assert any(not torch.allclose(weights_two[k], previous[k]) for k in weights_two)  # the step moved the previous adapter
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["checkpoints", "dpo", "dpo.json", "model"]
+
