@@ -163,6 +163,8 @@ ISSUES = Artifact("issues", schemas.IssuesSchema, ("item_id", "turn_index", "gro
 USER_ACTIONS = Artifact("user_actions", schemas.UserActionsSchema, ("item_id", "turn_index", "group", "action", "judge"))
 ARTIFACTS[ISSUES.name] = ISSUES
 ARTIFACTS[USER_ACTIONS.name] = USER_ACTIONS
+GOAL_STATES = Artifact("goal_states", schemas.GoalStatesSchema, ("group", "session_id", "component_index", "user_turn"))
+ARTIFACTS[GOAL_STATES.name] = GOAL_STATES
 
 
 def artifact_of(path: str | Path) -> Artifact:

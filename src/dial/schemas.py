@@ -337,6 +337,21 @@ class PreferencePairsSchema(_Strict):
         return df["pair_id"] == df["session_id"] + ":" + df["turn_index"].astype(str)
 
 
+class GoalStatesSchema(_Strict):
+    """User goal-state tracking (dial.evaluation.goals, UGST): every goal sub-component's status at
+    user turn 0 (the initial state) and after each user turn of each evaluated session."""
+
+    group: Series[str]  # real, zero-shot, sft, it1, ...
+    session_id: Series[str]
+    component_index: Series[int] = pa.Field(ge=0)
+    category: Series[str] = pa.Field(isin=["task_objective", "user_profile", "emotional_state", "preference", "user_policy"])
+    description: Series[str]
+    user_turn: Series[int] = pa.Field(ge=0)
+    status: Series[str] = pa.Field(isin=["incomplete", "attempted", "complete", "aligned", "misaligned"])
+    success: Series[bool]
+    tracker: Series[str]  # "rules" or "openai:<model>"
+
+
 class IssuesSchema(_Strict):
     """Judge annotations (dial.evaluation.judges): one row per issue, on the CHATBOT message it is
     about. `item_id` is the opaque id the judge saw (a salted hash of the session id)."""

@@ -10,6 +10,10 @@ The simulated users are checked too (`dial.evaluation.simulator_errors`: role br
 copied verbatim, a profile contradicted, ending mid-task): the simulator's error rate, and each
 chatbot's issue rate again without the sessions the simulator broke, so that a chatbot is not
 blamed for answering a user who spoke as the assistant.
+
+With `--n-simulations` k > 1 each chatbot's issue rate is also given per run (run j: every
+context's j-th simulation) with the spread across runs (min, max, std with a 95 % bootstrap over
+contexts; `dial.evaluation.seed_variance`); with k = 1 the output says there is no run-to-run spread.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import pandas as pd
 
 from dial import io, paths
 from dial.errors import DialError
-from dial.evaluation import intervals, simulator_errors, stats
+from dial.evaluation import intervals, seed_variance, simulator_errors, stats
 from dial.evaluation.structure import simulated_ended
 from dial.evaluation.judges import build_judge, judge_inputs
 from dial.evaluation.taxonomy import load_taxonomy
@@ -40,10 +44,13 @@ def chatbot_issue_summary(
     broken_sessions: set[str] = frozenset(),
     n_resamples: int = 1000,
     seed: int = 0,
+    simulations: pd.DataFrame | None = None,
 ) -> dict:
     """Per chatbot: issue rate over its messages (+ SE, 95 % bootstrap interval over its sessions)
     and the count of each issue category; `without_simulator_errors`: the same rate over its
-    sessions not in `broken_sessions` (same bootstrap draws), with its k, n and sessions."""
+    sessions not in `broken_sessions` (same bootstrap draws), with its k, n and sessions;
+    `run_spread` (with `simulations`: each session's simulation_index and real_session_id): the
+    rate of each run and their spread (`seed_variance.rate_spread`)."""
     chatbot_of = dict(zip(sessions["session_id"].astype(str), sessions["chatbot_id"].astype(str)))
     chatbot_messages = messages[messages["role"] == "assistant"].copy()
     chatbot_messages["chatbot_id"] = chatbot_messages["session_id"].astype(str).map(chatbot_of)
@@ -74,6 +81,13 @@ def chatbot_issue_summary(
             "categories": {str(c): int(n) for c, n in sorted(categories.items(), key=lambda item: (-item[1], item[0]))},
             "without_simulator_errors": {**clean, "sessions": int(kept.sum()), "sessions_excluded": int(len(kept) - kept.sum())},
         }
+        if simulations is not None:
+            summary[chatbot_id]["run_spread"] = seed_variance.rate_spread(
+                session_ids, k_per_session, n_per_session,
+                dict(zip(simulations["session_id"].astype(str), simulations["simulation_index"].astype(int))),
+                dict(zip(simulations["session_id"].astype(str), simulations["real_session_id"].astype(str))),
+                n_resamples, seed, f"evaluate-chatbot:{chatbot_id}",
+            )
     return summary
 
 
@@ -143,7 +157,8 @@ def evaluate_chatbots(
     error_sessions = simulated_session_errors(sim_sessions, sim_messages, simulations, contexts)
     broken = set(error_sessions.loc[error_sessions["flagged"].astype(bool), "session_id"])
     per_chatbot = chatbot_issue_summary(
-        sim_messages, sim_sessions, issues, item_sessions, broken, params.evaluate.bootstrap_samples, params.evaluate.seed
+        sim_messages, sim_sessions, issues, item_sessions, broken, params.evaluate.bootstrap_samples, params.evaluate.seed,
+        simulations=simulations,
     )
     result = {
         "simulator": simulator_id,
@@ -194,6 +209,10 @@ def render_summary(result: dict) -> str:
         clean = row.get("without_simulator_errors")
         clean_text = (f"{_percent_with_interval(clean, 'rate')} (n {clean['n']}, {clean['sessions']} sessions)" if clean else "—")
         lines.append(f"{name:<20} {row['sessions']:>8} {row['n']:>8} {_percent_with_interval(row, 'rate'):>26} {se:>7}   {clean_text}")
+    spreads = {name: row["run_spread"] for name, row in result["chatbots"].items() if row.get("run_spread")}
+    if spreads:
+        lines.append("")
+        lines += [f"{name}: run-to-run spread of the issue rate: {_run_spread_text(spread)}" for name, spread in spreads.items()]
     for name, row in result["chatbots"].items():
         if row["categories"]:
             lines.append(f"\n{name}: " + "; ".join(f"{category} {n}" for category, n in row["categories"].items()))
@@ -208,6 +227,17 @@ def render_summary(result: dict) -> str:
                 f"{100 * ab['treatment_rate']:.2f}% (difference {100 * ab['difference']:+.2f} pp), z = {ab['z']:.2f}, p = {ab['p']:.3g}"
             )
     return "\n".join(lines)
+
+
+def _run_spread_text(spread: dict) -> str:
+    """One line of `seed_variance.rate_spread`: each run's rate, min / max and the std with its interval."""
+    if not spread.get("applicable"):
+        return f"{spread['why']} ({spread['n_runs']} run(s) × {spread['n_contexts']} contexts)"
+    runs = ", ".join(f"{100 * r['rate']:.2f}% ({r['k']}/{r['n']})" if r["rate"] is not None else "—" for r in spread["runs"].values())
+    low, high = spread.get("std_ci_low"), spread.get("std_ci_high")
+    interval = f" [{100 * low:.2f}, {100 * high:.2f}]" if low is not None and high is not None else ""
+    return (f"{spread['n_runs']} runs × {spread['n_contexts']} contexts: per run {runs}; min {100 * spread['min']:.2f}%, "
+            f"max {100 * spread['max']:.2f}%, std {100 * spread['std']:.2f}{interval} pp")
 
 
 def _percent_with_interval(entry: dict, name: str) -> str:

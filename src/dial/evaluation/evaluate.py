@@ -19,6 +19,12 @@
   gender against the profile, ending mid-task) per group, the real users' row being the rules'
   false-positive floor, and the issue rate without the sessions the simulator broke
   (`issues.without_simulator_errors`);
+* goal alignment (`goals`, UGST): the share of each session's goal sub-components (from the context
+  of the real session that grounds it: profile, current-session summary) that the user's turns
+  advanced or stayed consistent with, the real users' row tracked against their own contexts;
+* the run-to-run spread of each chatbot's issue rate (`issues.run_spread`, `seed_variance`): with
+  `simulate.n_simulations` > 1, the rate of each run (every context's j-th simulation) and their
+  min / max / std, or "one simulation per context" with one;
 * the `aggregate` row (paper table 3): the sessions of the simulators in `evaluate.aggregate`
   pooled (concatenated) for the issue rate, KL, correlation and A/B, intervals by bootstrap over
   the pooled sessions (`metrics["aggregate"]`, None with fewer than two such simulators);
@@ -57,7 +63,7 @@ import numpy as np
 import pandas as pd
 
 from dial.errors import DialError
-from dial.evaluation import intervals, lexical, realism, simulator_errors, stats
+from dial.evaluation import goals, intervals, lexical, realism, seed_variance, simulator_errors, stats
 from dial.evaluation import structure as session_structure
 from dial.params import AGGREGATE_ITERATIONS, AbPair, DecodingParams, EvaluateParams, TerminationParams, TsneParams  # noqa: F401 (defined with the other params)
 from dial.prompting import user_messages_in_turns
@@ -327,6 +333,8 @@ def evaluate(
     structure: Mapping[str, pd.DataFrame] | None = None,
     discriminator_scores: Mapping[str, pd.DataFrame] | None = None,
     user_ended: Mapping[str, Mapping[str, bool]] | None = None,
+    goal_states: Mapping[str, pd.DataFrame] | None = None,
+    goal_tracker: str = "rules",
 ) -> dict:
     """The full metrics structure (module docstring).
 
@@ -345,6 +353,8 @@ def evaluate(
     `valid_scores.csv`) add the balanced accuracy with a session-bootstrap interval.
     `user_ended` (group → session → its user ended it within the compared turns) feeds the
     ended-mid-task flag; None = the simulated sessions' `stop_reason` (user_ended), no real one.
+    `goal_states` (group → `goals.group_goal_states` frame, of the same cut sessions, by the
+    tracker named `goal_tracker`) give each group its goal-alignment rates (`goals`).
     Returns {"order", "groups": {"real": {...}, <simulator>: {...}}, "aggregate", "judge", "settings"}.
     """
     params = params or EvaluateParams()
@@ -358,6 +368,10 @@ def evaluate(
         groups[name], samples[name] = _group(name, s, m, sim, contexts, user_turns)
         error_frames[name] = _simulator_error_sessions(name, s, m, sim, contexts, samples[name].session_ids, user_ended)
         groups[name]["simulator_errors"] = simulator_errors.summarise(error_frames[name], params.bootstrap_samples, params.seed, name)
+        if goal_states is not None and name in goal_states:
+            groups[name]["goals"] = goals.summarise(
+                goal_states[name], samples[name].session_ids, params.bootstrap_samples, params.seed, name, goal_tracker
+            )
 
     # Judged sessions, per group and overall.
     item_sessions = {str(k): str(v) for k, v in (item_sessions or {}).items()}
@@ -395,6 +409,13 @@ def evaluate(
             groups[name]["issues"]["without_simulator_errors"] = _issues_without_simulator_errors(
                 samples[name], judged, error_frames[name], params, name
             )
+            simulations = frames[name][2]
+            if simulations is not None and "simulation_index" in simulations:  # each chatbot's issue rate per run (simulation_index), and its spread
+                groups[name]["issues"]["run_spread"] = seed_variance.per_chatbot_spread(
+                    ids, samples[name].issue_k, samples[name].issue_n, samples[name].chatbots,
+                    dict(zip(simulations["session_id"].astype(str), simulations["simulation_index"].astype(int))),
+                    _grounding(s, simulations, name), params.bootstrap_samples, params.seed, name,
+                )
         if action_frame is not None:
             per_session, groups[name]["actions"] = _action_summary(m, judged, action_frame)
             samples[name].action_n = per_session["n"].reindex(ids, fill_value=0).to_numpy(dtype=np.float64)
@@ -472,7 +493,7 @@ def evaluate(
     tsne = "on" if params.tsne.enabled else "off"  # the picture itself: dial.evaluation.embeddings
     unknown = sorted(set(discriminator_reports) - set(order)) + sorted(set(termination) - set(order))
     unknown += sorted(set(perplexity) - set(simulated))  # a simulator's measure: none for the real group
-    unknown += sorted(set(structure or {}) - set(order))
+    unknown += sorted(set(structure or {}) - set(order)) + sorted(set(goal_states or {}) - set(order))
     if unknown:
         raise DialError(f"evaluate: reports for unknown group(s) {unknown}; groups are {order}")
 

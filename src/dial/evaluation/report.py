@@ -26,7 +26,9 @@ other stages may add are rendered when present and skipped when absent: held-out
 (`<simulator>.perplexity`), the simulate reports' truncation shares, the discriminator's
 structure-only baseline. The simulator-error table (`<group>.simulator_errors`, the real users'
 row being the rules' false-positive floor) follows the issues; the `aggregate` row (simulators
-pooled, keys `aggregate.*`) closes the issues and A/B tables when the run has one.
+pooled, keys `aggregate.*`) closes the issues and A/B tables when the run has one. Goal alignment
+(`<group>.goals`, UGST, the real users' row the control) and the run-to-run spread of each chatbot's
+issue rate (`<simulator>.issues.run_spread`, with `simulate.n_simulations` > 1) follow them.
 """
 
 from __future__ import annotations
@@ -681,6 +683,8 @@ def render_markdown(metrics: dict, figures: Mapping[str, str], category_simulato
                   f"![issue category deltas]({figures['issue_category_deltas']})", ""]
 
     lines += _simulator_error_lines(metrics)
+    lines += _goal_lines(metrics)
+    lines += _run_spread_lines(metrics)
 
     lines += ["## User actions (paper table 4, figure 5)", ""]
     action_groups = sorted(set(_action_groups(metrics).values()))
@@ -803,6 +807,71 @@ def _simulator_error_lines(metrics: dict) -> list[str]:
              "Message share: 95% bootstrap over sessions; session share: Wilson; n = chatbot messages for the issue rates.", ""]
     if missing_context:
         lines += [f"{missing_context} session(s) had no context to compare with (no copy or profile check there).", ""]
+    return lines
+
+
+GOAL_CATEGORY_LABELS = {
+    "task_objective": "task objectives", "user_profile": "profile facts", "emotional_state": "emotional state",
+    "preference": "preferences", "user_policy": "policies",
+}
+
+
+def _goal_lines(metrics: dict) -> list[str]:
+    """Goal alignment per group (dial.evaluation.goals, UGST), the real users' row as the control."""
+    order = metrics["order"]
+    found = {n: _get(metrics, n, "goals") for n in order if _get(metrics, n, "goals")}
+    if not found:
+        return []
+    categories = [c for c in GOAL_CATEGORY_LABELS if any(c in (g.get("categories") or {}) for g in found.values())]
+    rows = []
+    for n, entry in found.items():
+        row = ["real (control)" if n == "real" else n,
+               f"{_with_interval(entry, 'rate', 'pct')} (n {_fmt(entry.get('n_sessions'), 'int')} sessions)"]
+        for category in categories:
+            cell = (entry.get("categories") or {}).get(category)
+            row.append(f"{_with_interval(cell, 'rate', 'pct')} ({cell['k']} / {cell['n']})" if cell else MISSING)
+        row.append(_fmt(entry.get("n_sessions_without_goal"), "int"))
+        rows.append(row)
+    trackers = sorted({str(entry.get("tracker")) for entry in found.values()})
+    return ["## Goal alignment (UGST)", "",
+            _table(["group", "goal alignment [95% CI] (n)"] + [f"{GOAL_CATEGORY_LABELS[c]} [95% CI] (k / n)" for c in categories]
+                   + ["sessions without a goal"], rows), "",
+            "Each session's goal is the context of the real session that grounds it (profile, current-session summary), "
+            "decomposed into sub-components; after every user turn each gets a status (UGST: a task objective goes "
+            "incomplete → attempted → complete; a profile fact or policy stays aligned unless contradicted; an emotional "
+            "state or preference is aligned once expressed). Goal alignment: the share of a session's sub-components that "
+            "succeeded in its final state (objectives attempted or complete, the others aligned), mean over sessions "
+            "[95% bootstrap over sessions]; per category, the share of its sub-components over all sessions (k / n "
+            f"sub-components) [bootstrap over sessions]. Tracked by {', '.join(trackers)} (dial.evaluation.goals). "
+            "The real users' row runs the same tracker against their own contexts: their summary was written from their "
+            "own session, so it is the reference a simulator should reach, not a bar to beat."
+            + (" The rules read only the user's words: a topic in other words, a feeling without a listed mood word, or a "
+               "contradicted profile fact other than a stated name, age or gender goes unseen." if "rules" in trackers else ""),
+            ""]
+
+
+def _run_spread_lines(metrics: dict) -> list[str]:
+    """The run-to-run spread of each chatbot's issue rate (dial.evaluation.seed_variance)."""
+    rows, why = [], set()
+    for n in _simulators(metrics):
+        for chatbot, entry in sorted((_get(metrics, n, "issues", "run_spread") or {}).items()):
+            if not entry.get("applicable"):
+                why.add(str(entry.get("why")))
+                continue
+            runs = "; ".join(f"{run}: {_fmt(r['rate'], 'pct')} ({r['k']} / {r['n']})" for run, r in entry["runs"].items())
+            std = _with_interval({k: None if v is None else 100 * v for k, v in entry.items() if k.startswith("std")}, "std", "f2")
+            rows.append([n, chatbot, f"{entry['n_runs']} × {entry['n_contexts']}", runs,
+                         f"{_fmt(entry.get('min'), 'pct')} – {_fmt(entry.get('max'), 'pct')}", f"{std} pp"])
+    if not rows and not why:
+        return []
+    lines = ["## Run-to-run spread of the issue rate (simulate.n_simulations)", ""]
+    if rows:
+        lines += [_table(["simulator", "chatbot", "runs × contexts", "issue rate per run (flagged / chatbot messages)",
+                          "min – max", "std across runs [95% CI]"], rows), "",
+                  "Run j: every context's j-th simulation against that chatbot (simulation_index j, its own seed). Std: "
+                  "sample standard deviation of the run rates, in percentage points [95% bootstrap over contexts, each "
+                  "with all its runs]. A difference between two chatbots smaller than this spread could be a re-run's.", ""]
+    lines += [f"{reason[0].upper()}{reason[1:]}." for reason in sorted(why)] + ([""] if why else [])
     return lines
 
 

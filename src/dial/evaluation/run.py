@@ -16,7 +16,7 @@ Inputs beside the sessions: the discriminator reports (`reports/discriminator/<s
 accuracies, the structure-only baseline) and the simulate reports (`reports/simulate/<simulator>.json`:
 the share of messages cut at the token cap), both optional per simulator.
 
-Outputs: `data/evaluation/` (the judge's issues and user actions, the termination probes: Parquet,
+Outputs: `data/evaluation/` (the judge's issues and user actions, the goal states, the termination probes: Parquet,
 for audits and `dial query`) and under `reports/`: `metrics.json` (flat keys for
 `dvc metrics diff`), `report.md` with `figures/*.png`, `plots/*.csv` for `dvc plots`.
 """
@@ -37,6 +37,7 @@ from dial.evaluation import structure as session_structure
 from dial.evaluation.evaluate import REAL, cut_sessions, evaluate, termination_decoding
 from dial.evaluation.perplexity import held_out_perplexity
 from dial.evaluation.report import write_reports
+from dial.evaluation.goals import build_goal_tracker, group_goal_states
 from dial.evaluation.judges import build_judge, judge_inputs
 from dial.evaluation.taxonomy import load_taxonomy
 from dial.params import Params
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 ISSUES_FILE = "issues.parquet"
 USER_ACTIONS_FILE = "user_actions.parquet"
 TERMINATION_FILE = "termination.parquet"
+GOAL_STATES_FILE = "goal_states.parquet"
 
 
 def load_simulated(simulator_ids: Sequence[str]) -> dict[str, tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]]:
@@ -199,6 +201,20 @@ def run_evaluate(params: Params, simulator_ids: Sequence[str], data_dir: Path, r
     io.ISSUES.write(issues, Path(data_dir) / ISSUES_FILE)
     io.USER_ACTIONS.write(user_actions, Path(data_dir) / USER_ACTIONS_FILE)
 
+    # User goal-state tracking (UGST, dial.evaluation.goals) by the judge's backend, on the same cut
+    # sessions: each against the goal of the real session that grounds it (a real one: its own).
+    tracker = build_goal_tracker(params.judge)
+    goal_states = {
+        name: group_goal_states(sessions, messages, simulations, contexts, tracker)
+        for name, (sessions, messages, simulations) in {REAL: (real_sessions, real_messages, None), **simulated}.items()
+    }
+    log.info("evaluate: goal states tracked by %s", tracker.name)
+    io.GOAL_STATES.write(
+        pd.concat([frame.assign(group=name, tracker=tracker.name) for name, frame in goal_states.items()], ignore_index=True),
+        Path(data_dir) / GOAL_STATES_FILE,
+    )
+
+
     termination, perplexity = {}, {}
     if params.evaluate.termination.enabled or params.evaluate.perplexity.enabled:
         for simulator in simulator_ids:
@@ -266,6 +282,8 @@ def run_evaluate(params: Params, simulator_ids: Sequence[str], data_dir: Path, r
         user_turns=user_turns,
         structure=structure,
         user_ended=user_ended,
+        goal_states=goal_states,
+        goal_tracker=tracker.name,
     )
     extra_figures = {}
     if params.evaluate.tsne.enabled:
