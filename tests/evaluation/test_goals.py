@@ -94,6 +94,7 @@ def test_a_stated_age_or_gender_against_the_profile_is_contradicted_from_then_on
 def test_a_summary_in_another_form_is_one_objective_of_its_content_words():
     (component,) = decompose_rules(GoalContext(current_summary="The user wants advice about sleeping badly before exams."))
     assert component.category == TASK_OBJECTIVE and component.cues == ("user", "wants", "advice", "sleeping", "badly", "exams")
+    assert decompose_rules(GoalContext(current_summary="Session summary unavailable.")) == []  # the summariser's fallback says nothing
 
 
 def test_goal_states_are_deterministic_and_start_from_the_initial_state():

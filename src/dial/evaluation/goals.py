@@ -85,7 +85,7 @@ from dial.evaluation import simulator_errors, stats
 from dial.io import write_json_atomic
 from dial.openai_client import EndpointError, chat_completion
 from dial.params import JudgeParams
-from dial.summarise import NEGATIVE_WORDS, POSITIVE_WORDS, content_words, words
+from dial.summarise import FALLBACK_SUMMARY, NEGATIVE_WORDS, POSITIVE_WORDS, content_words, words
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +216,7 @@ def decompose_rules(goal: GoalContext) -> list[SubComponent]:
         for word in (w.strip() for w in topics.group(1).split(",")):
             if word:
                 components.append(SubComponent(TASK_OBJECTIVE, f"talk about {word}", COVERAGE, (word.lower(),)))
-    elif body.strip() and not tone:  # a summary in another form: its content words make one objective
+    elif body.strip() and body.strip() != FALLBACK_SUMMARY and not tone:  # a summary in another form: its content words make one objective
         cues = tuple(dict.fromkeys(content_words([body])))
         if cues:
             components.append(SubComponent(TASK_OBJECTIVE, f"talk about what the summary says: {body.strip()}", COVERAGE, cues))

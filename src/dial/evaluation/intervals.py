@@ -22,6 +22,11 @@ Which interval
       sessions with a simulator error (`clustered_rate`; the latter on the same draws as the
       usual issue rate); the `aggregate` row's issue rates and KL, over the pooled sessions.
     * Wilson over sessions: the share of sessions with a simulator error (sessions are independent).
+    * Percentile bootstrap over sessions, computed where the metric is (`goals.summarise`,
+      `seed_variance.rate_spread`): goal alignment (`<group>.goals.rate`, the mean of per-session
+      shares; per category clustered by session, n = `n` sub-components); the std of a chatbot's
+      issue rate across runs (`<simulator>.issues.run_spread.<chatbot>.std`, resampling contexts
+      with all their runs; n = `n_runs`, `n_contexts`). Its min, max and mean have no interval.
     * None: first-turn diversity (a share of distinct words, not a mean over sessions: a resample
       repeats sessions and so deflates it; its n is `n_first_turns`), the discriminator's F1 and MCC
       (no confusion counts in its report), medians and standard deviations, category shares,

@@ -1,5 +1,6 @@
-"""Run-to-run spread of a chatbot's issue rate (issue #14 item 5: the anchors' users' second
-loudest complaint, "is the difference between two chatbots bigger than re-running the simulation?").
+"""Run-to-run spread of a chatbot's issue rate (issue #14 item 5): how much the rate moves when the
+same contexts are simulated again with other seeds, so that a difference between two chatbots can
+be read against it.
 
 With `simulate.n_simulations = k > 1` every (context, chatbot) is simulated k times, with
 `simulation_index` 0..k-1 and a different seed each (`dial.simulation.simulate.plan_sessions`).
