@@ -307,12 +307,15 @@ def evaluate_chatbot(
     chatbot: list[str] = typer.Option(..., "--chatbot", help="A chatbot name from params.yaml; give two for an A/B test (control first)."),
     simulator: str = typer.Option("", help="zero-shot, sft, or a DIAL iteration (it1, ...); default: the last iteration of params.yaml."),
     n_contexts: int = typer.Option(12, help="Held-out real contexts the simulator plays."),
-    n_simulations: int = typer.Option(1, help="Sessions per context and chatbot."),
+    n_simulations: int = typer.Option(
+        1, help="Sessions per context and chatbot; with more than 1, each chatbot's issue rate per run and its run-to-run spread too."
+    ),
     out: Optional[Path] = typer.Option(None, help="Also write the sessions, judgements and summary.json here."),
     params_file: Path = typer.Option(Path("params.yaml")),
 ) -> None:
     """Run a trained simulator against chatbot(s) and print each one's issue rate, its issue
-    categories and, for two chatbots, the two-proportion z-test of control vs treatment."""
+    categories, for two chatbots the two-proportion z-test of control vs treatment, and with
+    --n-simulations > 1 the run-to-run spread of each chatbot's issue rate."""
     from dial.evaluation.chatbot import evaluate_chatbots, render_summary
 
     params = load_params(params_file)

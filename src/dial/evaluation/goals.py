@@ -216,7 +216,8 @@ def decompose_rules(goal: GoalContext) -> list[SubComponent]:
         for word in (w.strip() for w in topics.group(1).split(",")):
             if word:
                 components.append(SubComponent(TASK_OBJECTIVE, f"talk about {word}", COVERAGE, (word.lower(),)))
-    elif body.strip() and body.strip() != FALLBACK_SUMMARY and not tone:  # a summary in another form: its content words make one objective
+    elif body.strip() and body.strip() != FALLBACK_SUMMARY and not tone:
+        # a summary in another form (an LLM summariser's): its content words make one objective
         cues = tuple(dict.fromkeys(content_words([body])))
         if cues:
             components.append(SubComponent(TASK_OBJECTIVE, f"talk about what the summary says: {body.strip()}", COVERAGE, cues))
@@ -305,7 +306,8 @@ class RulesGoalTracker:
 
 PROMPT_VERSION = "goals-prompt-v1"  # bump when a prompt changes: it invalidates the cache
 CATEGORY_HELP = """\
-- task_objective: what the user wants to talk about or get from the conversation (e.g. talk about the fight with their sister, get advice on sleeping)
+- task_objective: what the user wants to talk about or get from the conversation (e.g. talk about the fight with
+  their sister, get advice on sleeping)
 - user_profile: persona, background, facts about the user (e.g. age: 34, lost their job last month)
 - emotional_state: the feeling or mood the user brings into the conversation (e.g. feels anxious and hopeless)
 - preference: something the user should show at least once (e.g. asks questions, uses exclamation marks)
