@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dial.evaluation.judges.rules import ACTION_DETECTORS, ISSUE_DETECTORS
+from dial.evaluation.judges.rules import ACTION_DETECTORS, ISSUE_DETECTORS, OFF_BY_DEFAULT
 from dial.evaluation.taxonomy import TaxonomyError, load_taxonomy
 
 PAPER_ISSUE_GROUPS = ["User Distress", "User Confusion", "User Frustration", "User Losing Trust",
@@ -39,8 +39,10 @@ def test_shipped_taxonomy_is_the_papers(shipped):
     assert paper_named == set(PAPER_CATEGORIES) | set(PAPER_ACTIONS)
     assert all(label.definition for label in shipped.categories + shipped.actions)
     shipped.check_detectors(ISSUE_DETECTORS, ACTION_DETECTORS)
-    # every detector the rules judge has is used by the shipped taxonomy
-    assert {d for label in shipped.categories for d in label.detectors} == set(ISSUE_DETECTORS)
+    # every detector the rules judge has is used by the shipped taxonomy, except those switched off
+    # by default for low measured precision (docs/judges.md)
+    used = {d for label in shipped.categories for d in label.detectors}
+    assert used | OFF_BY_DEFAULT == set(ISSUE_DETECTORS) and not used & OFF_BY_DEFAULT
     assert {d for label in shipped.actions for d in label.detectors} == set(ACTION_DETECTORS)
 
 

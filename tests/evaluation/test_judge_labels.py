@@ -1,0 +1,60 @@
+"""The hand-labelled set bench/judge_bench.py measures the judges on: it loads, it is big enough,
+its category names are the taxonomy's, ESConv text never sits in the repository, and every labelled
+turn is an assistant message of its session (ESConv read in place; skipped without the dataset)."""
+
+import json
+
+import pytest
+
+from dial.errors import DialError
+from dial.evaluation.judges.labelled import SOURCES, load_labelled_messages, read_sessions
+from dial.evaluation.taxonomy import load_taxonomy
+
+MIN_ROWS = 300
+
+
+@pytest.fixture(scope="module")
+def taxonomy(repo_root):
+    return load_taxonomy(repo_root / "taxonomy.yaml")
+
+
+@pytest.fixture(scope="module")
+def labels_file(repo_root):
+    return repo_root / "tests" / "fixtures" / "judge_labels.jsonl"
+
+
+def test_labelled_set_loads_with_taxonomy_category_names(labels_file, taxonomy):
+    rows = load_labelled_messages(labels_file, taxonomy)  # checks every category name
+    assert len(rows) >= MIN_ROWS
+    assert {row.source for row in rows} == set(SOURCES)
+    assert all(taxonomy.category(name) is not None for row in rows for name in row.categories)
+    assert any(row.categories for row in rows) and any(not row.categories for row in rows)
+    # ESConv is CC BY-NC: only ids and labels in the repository
+    raw = [json.loads(line) for line in labels_file.read_text(encoding="utf-8").splitlines()]
+    assert all(not {"text", "previous_user"} & set(row) for row in raw if row["source"] == "esconv")
+
+
+def test_chitchat_rows_match_the_installed_dataset(labels_file, taxonomy, tmp_path):
+    chitchat_rows = [row for row in load_labelled_messages(labels_file, taxonomy) if row.source == "chitchat"]
+    sessions = read_sessions(chitchat_rows, esconv_dir=tmp_path)  # no ESConv row: the folder is not read
+    assert len(sessions) == len({row.session_id for row in chitchat_rows})
+
+
+def test_esconv_rows_are_assistant_turns_of_the_sessions_read_in_place(labels_file, taxonomy, esconv_dir):
+    esconv_rows = [row for row in load_labelled_messages(labels_file, taxonomy) if row.source == "esconv"]
+    sessions = read_sessions(esconv_rows, esconv_dir)  # raises unless each turn is an assistant message
+    assert all(sessions[row.key][row.turn_index][1] == "assistant" for row in esconv_rows)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"categories": ["Not a category"]}, r"unknown issue category \['Not a category'\]"),
+    ({"source": "reddit"}, "unknown source 'reddit'"),
+    ({"text": "copied text"}, "ESConv rows never do"),
+])
+def test_bad_rows_are_errors_naming_the_line(tmp_path, taxonomy, change, message):
+    good = {"source": "esconv", "session_id": "esconv-train-1", "turn_index": 1, "round": 1, "drawn_as": "unflagged", "categories": []}
+    path = tmp_path / "labels.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps({**good, "turn_index": 3, **change}) + "\n", encoding="utf-8")
+    with pytest.raises(DialError, match=message) as error:
+        load_labelled_messages(path, taxonomy)
+    assert f"{path}:2" in str(error.value)
