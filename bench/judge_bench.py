@@ -191,6 +191,8 @@ def main() -> None:
     labelled = load_labelled_messages(args.labels, taxonomy)
     if not args.esconv.is_dir():
         sys.exit(f"ESConv not found at {args.esconv} (the labelled set reads it in place)")
+    if args.openai and not params.judge.openai.model:
+        sys.exit("--openai: set judge.openai.model (and base_url) in params.yaml")
 
     if args.draw is not None:
         detectors = [name for name in args.detectors.split(",") if name]
@@ -212,8 +214,6 @@ def main() -> None:
 
     judges = [("rules", build_judge(params.judge.model_copy(update={"backend": "rules"}), taxonomy))]
     if args.openai:
-        if not params.judge.openai.model:
-            sys.exit("--openai: set judge.openai.model (and base_url) in params.yaml")
         judges.append(("openai", build_judge(params.judge.model_copy(update={"backend": "openai"}), taxonomy)))
     for name, judge in judges:
         with judge:
