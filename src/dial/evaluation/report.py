@@ -736,16 +736,40 @@ def render_markdown(metrics: dict, figures: Mapping[str, str], category_simulato
     lines += ["", "At every position after a chatbot turn of held-out real sessions: did the simulator end the", "conversation where the real user did?", ""]
     if "losses" in figures:
         lines += ["## Training loss", "", f"![training loss]({figures['losses']})", ""]
-    tsne_status = str(metrics.get("settings", {}).get("tsne", "off"))
-    if "tsne" in figures:
-        lines += ["## Real vs simulated sessions (appendix B.1)", "", f"![t-SNE of session embeddings]({figures['tsne']})", "",
-                  "Sentence embeddings of each session's user messages (all-MiniLM-L6-v2), t-SNE to 2-D: overlapping", "clouds mean the simulated users write like the real ones.", ""]
-    elif tsne_status.startswith("skipped"):
-        lines += ["## Real vs simulated sessions (appendix B.1)", "", f"t-SNE picture {tsne_status}.", ""]
+    lines += _embedding_lines(metrics, figures)
     judge = metrics.get("judge", {})
     if judge.get("n_judged_sessions_outside_groups"):
         lines += [f"Judged sessions outside every group (not counted): {judge['n_judged_sessions_outside_groups']}.", ""]
     return "\n".join(line for line in _squeeze(lines)) + "\n"
+
+
+def _embedding_lines(metrics: dict, figures: Mapping[str, str]) -> list[str]:
+    """Real vs simulated sessions in embedding space: the t-SNE picture and, beside it, each
+    simulator's classifier two-sample test (`<simulator>.embeddings`, dial.evaluation.embeddings)."""
+    status = str(metrics.get("settings", {}).get("tsne", "off"))
+    title = ["## Real vs simulated sessions in embedding space (appendix B.1)", ""]
+    if status.startswith("skipped"):
+        return title + [f"t-SNE picture and two-sample test {status}.", ""]
+    tested = [name for name in _simulators(metrics) if _get(metrics, name, "embeddings")]
+    if "tsne" not in figures and not tested:
+        return []
+    lines = list(title)
+    if "tsne" in figures:
+        lines += [f"![t-SNE of session embeddings]({figures['tsne']})", "",
+                  "Sentence embeddings of each session's user messages (all-MiniLM-L6-v2), t-SNE to 2-D: overlapping",
+                  "clouds mean the simulated users write like the real ones.", ""]
+    if tested:
+        lines.append(_table(
+            ["simulator", "real vs simulated: held-out balanced accuracy [95% CI]", "n real", "n simulated"],
+            [[name, _with_interval(_get(metrics, name, "embeddings"), "c2st_balanced_accuracy", "pct"),
+              _fmt(_get(metrics, name, "embeddings", "n_real"), "int"), _fmt(_get(metrics, name, "embeddings", "n_simulated"), "int")]
+             for name in tested],
+        ))
+        lines += ["", "How far apart the clouds are: a logistic regression on the same embeddings tells each simulator's",
+                  "sessions from the real ones, each session predicted by a classifier that never saw it (stratified k-fold, k ≤ 5;",
+                  "classes weighted, not subsampled). 50 % = indistinguishable (under 50 % is chance too), 100 % = no overlap.",
+                  "Interval: bootstrap over sessions, given the fitted classifiers (somewhat narrow).", ""]
+    return lines
 
 
 def _aggregate_label(aggregate: dict) -> str:

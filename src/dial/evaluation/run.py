@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
 
 from dial import io, paths
@@ -128,17 +130,21 @@ def real_user_perplexity(
     )
 
 
-def tsne_picture(params: Params, real_messages: pd.DataFrame, simulated: dict) -> tuple[str, bytes | None]:
-    """(status, PNG or None) of the optional t-SNE picture of real vs simulated sessions."""
+def embedding_comparison(params: Params, real_messages: pd.DataFrame, simulated: dict) -> tuple[str, bytes | None, dict]:
+    """Real vs simulated sessions in embedding space (dial.evaluation.embeddings): (status, the
+    t-SNE picture's PNG or None, each simulator's classifier two-sample test against the real
+    sessions). Both read the same sessions, cut like every other metric: at most
+    `evaluate.tsne.max_sessions_per_group` of each group (a seeded choice)."""
     from dial.evaluation import embeddings
 
     model_dir = embeddings.embedding_model_dir(paths.EMBEDDING_MODEL_CACHE)
     if model_dir is None:
         status = f"skipped: no offline embedding model installed ({embeddings.INSTALL_HINT})"
-        log.warning("evaluate: t-SNE picture %s", status)
-        return status, None
+        log.warning("evaluate: t-SNE picture and embedding two-sample test %s", status)
+        return status, None, {}
+    started = time.perf_counter()
     tsne_params = params.evaluate.tsne
-    groups = {"real": real_messages, **{name: messages for name, (_, messages, _) in simulated.items()}}
+    groups = {REAL: real_messages, **{name: messages for name, (_, messages, _) in simulated.items()}}
     texts, labels = [], []
     for name, messages in groups.items():
         users = messages[messages["role"] == "user"].sort_values(["session_id", "turn_index"])
@@ -147,9 +153,18 @@ def tsne_picture(params: Params, real_messages: pd.DataFrame, simulated: dict) -
             texts.append(by_session[session_id])
             labels.append(name)
     vectors = embeddings.embed_texts(model_dir, texts)
-    layout = embeddings.tsne(vectors, tsne_params.perplexity, seed=params.seed)
-    log.info("evaluate: t-SNE of %d sessions", len(texts))
-    return f"on: {len(texts)} sessions", embeddings.tsne_figure(layout, labels, list(groups))
+    layout = embeddings.tsne_layout(vectors, tsne_params.perplexity, seed=params.seed)
+    group_of = np.asarray(labels)
+    two_sample_tests = {}
+    for name in simulated:
+        test = embeddings.classifier_two_sample_test(
+            vectors[group_of == REAL], vectors[group_of == name],
+            seed=params.evaluate.seed, n_resamples=params.evaluate.bootstrap_samples, name=name,
+        )
+        if test is not None:
+            two_sample_tests[name] = test
+    log.info("evaluate: embeddings, t-SNE and two-sample tests of %d sessions in %.1f s", len(texts), time.perf_counter() - started)
+    return f"on: {len(texts)} sessions", embeddings.tsne_figure(layout, labels, list(groups)), two_sample_tests
 
 
 def compared_user_turns(params: Params) -> int:
@@ -287,8 +302,10 @@ def run_evaluate(params: Params, simulator_ids: Sequence[str], data_dir: Path, r
     )
     extra_figures = {}
     if params.evaluate.tsne.enabled:
-        status, png = tsne_picture(params, real_messages, simulated)
+        status, png, two_sample_tests = embedding_comparison(params, real_messages, simulated)
         metrics["settings"]["tsne"] = status
+        for simulator, test in two_sample_tests.items():
+            metrics["groups"][simulator]["embeddings"] = test
         if png is not None:
             extra_figures["tsne"] = png
     loss_files = {"sft": paths.SFT_LOSS}
