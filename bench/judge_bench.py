@@ -4,6 +4,9 @@
     python bench/judge_bench.py --openai         # also the `openai` judge (judge.openai in params.yaml)
     python bench/judge_bench.py --draw 4 --detectors incomplete_message,user_confused --per-detector 5 \
         --out /tmp/candidates.jsonl              # draw more messages to label (reads both corpora, ~1 min)
+    python bench/judge_bench.py --draw 4 --detectors enabled --per-detector 5 --unflagged 25 --seed 20261207 \
+        --out /tmp/heldout.jsonl                 # how the held-out set was drawn (docs/judges.md)
+    python bench/judge_bench.py --heldout --firing-rates   # the held-out check, second rater, firing rates (~40 s)
 
 The labelled set (`tests/fixtures/judge_labels.jsonl`, `dial.evaluation.judges.labelled`;
 docs/judges.md says how it was drawn and labelled) holds assistant-side messages of real chats:
@@ -39,7 +42,8 @@ from pathlib import Path
 from dial.data.chitchat import read_chitchat
 from dial.data.esconv import read_esconv
 from dial.evaluation.judges import JudgeInput, build_judge
-from dial.evaluation.judges.labelled import UNFLAGGED, LabelledMessage, load_labelled_messages, read_sessions
+from dial.evaluation.judges.labelled import (UNFLAGGED, LabelledMessage, load_labelled_messages, load_second_rater,
+                                             read_sessions)
 from dial.evaluation.judges.rules import ISSUE_DETECTORS, OFF_BY_DEFAULT
 from dial.evaluation.stats import wilson_interval
 from dial.evaluation.taxonomy import load_taxonomy
@@ -48,6 +52,8 @@ from dial.params import DataParams, load_params
 REPO = Path(__file__).resolve().parents[1]
 LABELS = REPO / "tests" / "fixtures" / "judge_labels.jsonl"
 ESCONV = REPO.parent / "shared" / "datasets" / "esconv"
+HELDOUT = REPO / "tests" / "fixtures" / "judge_labels_heldout.jsonl"
+SECOND_RATER = REPO / "tests" / "fixtures" / "judge_labels_second_rater.jsonl"
 
 
 # --- formatting ---------------------------------------------------------------------------------
@@ -149,24 +155,185 @@ def message_level(verdicts: dict, labelled: list[LabelledMessage], covered: set[
 
 
 def draw(round_number: int, detectors: list[str], per_detector: int, labelled: list[LabelledMessage], esconv_dir: Path,
-         seed: int) -> list[dict]:
+         seed: int, unflagged: int = 0, enabled: list[str] | None = None) -> list[dict]:
     """Messages flagged by `detectors` (as they are now) that the set does not hold yet: up to
-    `per_detector` per detector and corpus, drawn with a seed per (corpus, detector, round)."""
+    `per_detector` per detector and corpus, drawn with a seed per (corpus, detector, round).
+
+    With `unflagged` (the held-out draw): the strata partition the corpus's assistant messages, a
+    message's stratum being the first of `detectors` (sorted) that flags it, or `unflagged` when no
+    `enabled` detector does, of which `unflagged` per corpus are drawn; each row records its
+    stratum's size in the corpus (`stratum_size`), so that a population estimate can weight them."""
     taken = {(row.source, row.session_id, row.turn_index) for row in labelled}
+    drawn = []
+    for source, sessions in real_sessions(esconv_dir).items():
+        flags = {name: {(sid, turn) for sid in sorted(sessions) for turn, _ in ISSUE_DETECTORS[name](sessions[sid])}
+                 for name in sorted(set(detectors) | (set(enabled or []) if unflagged else set()))}
+        if unflagged:
+            any_flag = set().union(*(flags[name] for name in enabled or detectors))
+            strata: dict[str, set] = {}
+            seen: set = set()
+            for name in sorted(detectors):
+                strata[name] = flags[name] - seen
+                seen |= flags[name]
+            strata[UNFLAGGED] = {(sid, turn) for sid, messages in sessions.items()
+                                 for turn, role, _ in messages if role == "assistant"} - any_flag
+        else:
+            strata = {name: flags[name] for name in detectors}
+        for name, members in strata.items():
+            pool = sorted(key for key in members if (source, *key) not in taken)
+            rng = random.Random(f"{seed}-{source}-{name}-round{round_number}")
+            for sid, turn in rng.sample(pool, min(unflagged if name == UNFLAGGED else per_detector, len(pool))):
+                taken.add((source, sid, turn))
+                row = {"source": source, "session_id": sid, "turn_index": turn, "round": round_number, "drawn_as": name}
+                if unflagged:
+                    row["stratum_size"] = len(members)
+                drawn.append(row)
+    return drawn
+
+
+def real_sessions(esconv_dir: Path) -> dict[str, dict[str, list]]:
+    """Every session of both corpora, read in place: {source: {session_id: [(turn, role, text)]}}."""
     corpora = {"chitchat": read_chitchat(DataParams(source="chitchat"), progress=False),
                "esconv": read_esconv(DataParams(source="esconv", path=str(esconv_dir)), progress=False)}
-    drawn = []
-    for source, rows in corpora.items():
-        sessions = {row.session.session_id: [(i, m.role, m.text) for i, m in enumerate(row.session.messages)]
-                    for row in rows if row.session is not None}
+    return {source: {row.session.session_id: [(i, m.role, m.text) for i, m in enumerate(row.session.messages)]
+                     for row in rows if row.session is not None}
+            for source, rows in corpora.items()}
+
+
+# --- the held-out check, the second rater, firing rates -----------------------------------------
+
+
+def cohen_kappa(a: list[bool], b: list[bool]) -> float | None:
+    """Cohen's kappa of two raters' yes/no verdicts on the same items; None when undefined."""
+    n = len(a)
+    if n == 0:
+        return None
+    observed = sum(x == y for x, y in zip(a, b)) / n
+    pa, pb = sum(a) / n, sum(b) / n
+    expected = pa * pb + (1 - pa) * (1 - pb)
+    return None if expected == 1 else (observed - expected) / (1 - expected)
+
+
+def agreement_report(first: list[LabelledMessage], second: list[tuple[str, str, int, frozenset[str]]]) -> str:
+    """Per message, any issue vs none: Cohen's kappa, raw agreement, and the disagreements."""
+    stored = {(row.source, row.session_id, row.turn_index): row.categories for row in first}
+    pairs = [(key, stored[key], labels) for *key_parts, labels in second for key in [tuple(key_parts)] if key in stored]
+    a = [bool(x) for _, x, _ in pairs]
+    b = [bool(y) for _, _, y in pairs]
+    kappa = cohen_kappa(a, b)
+    same = sum(x == y for x, y in zip(a, b))
+    exact = sum(x == y for _, x, y in pairs)
+    lines = [f"second rater: {len(pairs)} messages of the design set relabelled blind; any issue vs none: "
+             f"Cohen's kappa {'—' if kappa is None else f'{kappa:.2f}'} (n = {len(pairs)}), raw agreement {ratio(same, len(pairs))}; "
+             f"design rater {sum(a)} with an issue, second rater {sum(b)}; same category set {ratio(exact, len(pairs))}"]
+    for key, x, y in pairs:
+        if x != y:
+            lines.append(f"  differ: {key[0]} {key[1]} turn {key[2]}: design {sorted(x) or 'none'} / second {sorted(y) or 'none'}")
+    return "\n".join(lines)
+
+
+def stratified_precision(verdicts: dict, labelled: list[LabelledMessage], seed: int = 0, resamples: int = 2000) -> str:
+    """Message-level precision over the population of flagged messages: each drawn stratum's
+    precision weighted by its size in its corpus (rows' `stratum_size`), with a seeded bootstrap
+    95 % interval (resampling within strata; too narrow where a stratum's few draws all agree) and
+    the weighted per-stratum Wilson bounds (conservative); and each stratum's k/n and size."""
+    strata: dict[tuple[str, str], list[bool]] = defaultdict(list)
+    sizes: dict[tuple[str, str], int] = {}
+    for row in labelled:
+        key = (row.source, row.session_id, row.turn_index)
+        if row.drawn_as == UNFLAGGED or not verdicts[key] or row.stratum_size is None:
+            continue
+        strata[(row.source, row.drawn_as)].append(bool(verdicts[key] & row.categories))
+        sizes[(row.source, row.drawn_as)] = row.stratum_size
+    if not strata:
+        return "—"
+    total = sum(sizes[s] for s in strata)
+
+    def estimate(groups: dict) -> float:
+        return sum(sizes[s] * sum(v) / len(v) for s, v in groups.items()) / total
+
+    rng = random.Random(seed)
+    boot = sorted(estimate({s: [rng.choice(v) for _ in v] for s, v in strata.items()}) for _ in range(resamples))
+    low = sum(sizes[s] * wilson_interval(sum(v), len(v))[0] for s, v in strata.items()) / total
+    high = sum(sizes[s] * wilson_interval(sum(v), len(v))[1] for s, v in strata.items()) / total
+    parts = ", ".join(f"{source}/{name} {sum(v)}/{len(v)} of {sizes[(source, name)]}" for (source, name), v in sorted(strata.items()))
+    return (f"{estimate(strata):.2f}, bootstrap [{boot[int(0.025 * resamples)]:.2f}, {boot[int(0.975 * resamples) - 1]:.2f}], "
+            f"weighted Wilson bounds [{low:.2f}, {high:.2f}] ({len(strata)} strata, n = {sum(len(v) for v in strata.values())} of "
+            f"{total} flagged messages)\n  strata (right/drawn of size): {parts}")
+
+
+def heldout_detector_table(verdicts: dict, flags: dict[str, set[Key]], labelled: list[LabelledMessage], category_of: dict[str, str],
+                           rates: dict[str, dict[str, float]] | None) -> str:
+    labels = {(row.source, row.session_id, row.turn_index): row.categories for row in labelled}
+    rows = []
+    for name in sorted(category_of):
+        category = category_of[name]
+        flagged = [key for key in flags.get(name, set()) if key in labels]
+        positives = [key for key, found in labels.items() if category in found]
+        if not flagged and not positives:
+            continue
+        correct = sum(1 for key in flagged if category in labels[key])
+        caught = sum(1 for key in positives if key in flags.get(name, set()))
+        row = [f"`{name}`", category, ratio(correct, len(flagged)), ratio(caught, len(positives))]
+        if rates is not None:
+            high = max(rates[name].values()) > 0.02
+            low = bool(flagged) and correct / len(flagged) < 0.5
+            row += [", ".join(f"{source} {100 * share:.2f} %" for source, share in rates[name].items()),
+                    "FAILS (> 2 % and precision < 0.5)" if high and low else "ok"]
+        rows.append(row)
+    header = ["detector", "category", "precision (n = flags)", "recall (n = labelled)"]
+    if rates is not None:
+        header += ["fires on (all assistant messages)", "#14: > 2 % with precision < 0.5"]
+    return table(header, rows)
+
+
+def firing_rates(esconv_dir: Path, detectors: list[str]) -> tuple[dict[str, dict[str, float]], str]:
+    """Per enabled detector, the share of ALL assistant-side messages of each corpus it fires on
+    (ESConv: every session of the three splits; chitchat: every conversation of the package)."""
+    rates: dict[str, dict[str, float]] = {name: {} for name in detectors}
+    lines = []
+    for source, sessions in real_sessions(esconv_dir).items():
+        total = sum(1 for messages in sessions.values() for _, role, _ in messages if role == "assistant")
+        anything: set = set()
         for name in detectors:
-            pool = sorted((sid, turn) for sid in sorted(sessions) for turn, _ in ISSUE_DETECTORS[name](sessions[sid])
-                          if (source, sid, turn) not in taken)
-            rng = random.Random(f"{seed}-{source}-{name}-round{round_number}")
-            for sid, turn in rng.sample(pool, min(per_detector, len(pool))):
-                taken.add((source, sid, turn))
-                drawn.append({"source": source, "session_id": sid, "turn_index": turn, "round": round_number, "drawn_as": name})
-    return drawn
+            hits = {(sid, turn) for sid, messages in sessions.items() for turn, _ in ISSUE_DETECTORS[name](messages)}
+            rates[name][source] = len(hits) / total
+            anything |= hits
+        lines.append(f"{source}: {len(sessions)} sessions, {total} assistant messages (all of them), "
+                     f"{100 * len(anything) / total:.2f} % flagged by at least one enabled detector")
+    lines += [f"  `{name}` fires on more than 2 %: " + ", ".join(f"{s} {100 * r:.2f} %" for s, r in rates[name].items())
+              for name in detectors if max(rates[name].values()) > 0.02]
+    return rates, "\n".join(lines)
+
+
+def heldout(args, params, taxonomy) -> None:
+    labelled = load_labelled_messages(args.heldout_labels, taxonomy)
+    design = {(row.source, row.session_id, row.turn_index) for row in load_labelled_messages(args.labels, taxonomy)}
+    overlap = [row for row in labelled if (row.source, row.session_id, row.turn_index) in design]
+    if overlap:
+        sys.exit(f"{args.heldout_labels}: {len(overlap)} messages are also in the design set {args.labels}")
+    sessions = read_sessions(labelled, args.esconv)
+    flagged_drawn = sum(1 for row in labelled if row.drawn_as != UNFLAGGED)
+    print(f"held-out set: {len(labelled)} assistant messages ({sum(r.source == 'chitchat' for r in labelled)} chitchat, "
+          f"{sum(r.source == 'esconv' for r in labelled)} ESConv), {flagged_drawn} drawn from the enabled detectors' flags, "
+          f"{len(labelled) - flagged_drawn} unflagged; {sum(1 for r in labelled if r.categories)} with at least one issue\n")
+    with build_judge(params.judge.model_copy(update={"backend": "rules"}), taxonomy) as judge:
+        verdicts, flags = judge_verdicts(judge, sessions, labelled)
+    category_of = {detector: label.name for label in taxonomy.categories for detector in label.detectors}
+    rates = None
+    if args.firing_rates:
+        rates, text = firing_rates(args.esconv, sorted(category_of))
+        print("## Firing rates of the enabled detectors on all real assistant-side messages\n")
+        print(text + "\n")
+    print("## Rules detectors on the held-out draw (enabled ones that flag or have a labelled category)\n")
+    print(heldout_detector_table(verdicts, flags, labelled, category_of, rates))
+    covered = {label.name for label in taxonomy.categories if label.detectors}
+    print(f"\nrules (held-out draw): {message_level(verdicts, labelled, covered)}")
+    print(f"rules (held-out, population-weighted over the flag strata): message-level precision {stratified_precision(verdicts, labelled)}")
+    if args.second_rater.is_file():
+        design_rows = load_labelled_messages(args.labels, taxonomy)
+        print("\n## Inter-rater agreement\n")
+        print(agreement_report(design_rows, load_second_rater(args.second_rater, taxonomy)))
 
 
 # --- main ---------------------------------------------------------------------------------------
@@ -184,6 +351,13 @@ def main() -> None:
     parser.add_argument("--per-detector", type=int, default=5, help="--draw: messages per detector and corpus")
     parser.add_argument("--out", type=Path, help="--draw: where to write the drawn rows (JSONL, no labels)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--unflagged", type=int, default=0,
+                        help="--draw: also this many unflagged messages per corpus, strata partitioned (the held-out draw)")
+    parser.add_argument("--heldout", action="store_true", help="instead: the rules judge on the held-out set, and the second rater's agreement")
+    parser.add_argument("--heldout-labels", type=Path, default=HELDOUT)
+    parser.add_argument("--second-rater", type=Path, default=SECOND_RATER)
+    parser.add_argument("--firing-rates", action="store_true",
+                        help="print each enabled detector's share of ALL real assistant messages (both corpora, ~1 min)")
     args = parser.parse_args()
 
     params = load_params(args.params)
@@ -194,12 +368,19 @@ def main() -> None:
     if args.openai and not params.judge.openai.model:
         sys.exit("--openai: set judge.openai.model (and base_url) in params.yaml")
 
+    enabled = sorted({detector for label in taxonomy.categories for detector in label.detectors})
+    if args.heldout or (args.firing_rates and args.draw is None):
+        if args.heldout:
+            heldout(args, params, taxonomy)
+        else:
+            print(firing_rates(args.esconv, enabled)[1])
+        return
     if args.draw is not None:
-        detectors = [name for name in args.detectors.split(",") if name]
+        detectors = enabled if args.detectors == "enabled" else [name for name in args.detectors.split(",") if name]
         unknown = [name for name in detectors if name not in ISSUE_DETECTORS]
         if not detectors or unknown or args.out is None:
             sys.exit(f"--draw needs --out and --detectors among {sorted(ISSUE_DETECTORS)} (unknown: {unknown})")
-        rows = draw(args.draw, detectors, args.per_detector, labelled, args.esconv, args.seed)
+        rows = draw(args.draw, detectors, args.per_detector, labelled, args.esconv, args.seed, args.unflagged, enabled)
         args.out.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
         print(f"drew {len(rows)} messages to label into {args.out}")
         return

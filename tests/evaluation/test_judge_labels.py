@@ -7,7 +7,7 @@ import json
 import pytest
 
 from dial.errors import DialError
-from dial.evaluation.judges.labelled import SOURCES, load_labelled_messages, read_sessions
+from dial.evaluation.judges.labelled import SOURCES, load_labelled_messages, load_second_rater, read_sessions
 from dial.evaluation.taxonomy import load_taxonomy
 
 MIN_ROWS = 300
@@ -58,3 +58,36 @@ def test_bad_rows_are_errors_naming_the_line(tmp_path, taxonomy, change, message
     with pytest.raises(DialError, match=message) as error:
         load_labelled_messages(path, taxonomy)
     assert f"{path}:2" in str(error.value)
+
+
+# --- the held-out draw and the second rater (docs/judges.md, "Held-out check") ------------------
+
+
+@pytest.fixture(scope="module")
+def heldout_file(repo_root):
+    return repo_root / "tests" / "fixtures" / "judge_labels_heldout.jsonl"
+
+
+@pytest.fixture(scope="module")
+def second_rater_file(repo_root):
+    return repo_root / "tests" / "fixtures" / "judge_labels_second_rater.jsonl"
+
+
+def test_heldout_set_loads_is_marked_and_disjoint_from_the_design_set(heldout_file, labels_file, taxonomy):
+    rows = load_labelled_messages(heldout_file, taxonomy)  # same loader: checks every category name
+    assert len(rows) >= 100 and {row.source for row in rows} == set(SOURCES)
+    assert all(taxonomy.category(name) is not None for row in rows for name in row.categories)
+    raw = [json.loads(line) for line in heldout_file.read_text(encoding="utf-8").splitlines()]
+    assert all(row["set"].startswith("heldout") and row["round"] == 4 and row["stratum_size"] > 0 for row in raw)
+    assert all(not {"text", "previous_user"} & set(row) for row in raw if row["source"] == "esconv")  # CC BY-NC
+    design = {(row.source, row.session_id, row.turn_index) for row in load_labelled_messages(labels_file, taxonomy)}
+    assert not design & {(row.source, row.session_id, row.turn_index) for row in rows}
+
+
+def test_second_rater_labels_load_with_valid_categories_ids_only(second_rater_file, labels_file, taxonomy):
+    rows = load_second_rater(second_rater_file, taxonomy)  # raises on an unknown category or any text
+    assert len(rows) == 60 and len({row[:3] for row in rows}) == 60
+    design = {(row.source, row.session_id, row.turn_index) for row in load_labelled_messages(labels_file, taxonomy)}
+    assert {row[:3] for row in rows} <= design
+    raw = [json.loads(line) for line in second_rater_file.read_text(encoding="utf-8").splitlines()]
+    assert all(set(row) == {"source", "session_id", "turn_index", "categories"} for row in raw)

@@ -36,11 +36,12 @@ class LabelledMessage:
     source: str
     session_id: str
     turn_index: int
-    round: int  # 1: drawn with the detectors of 52f54fa; 2, 3: drawn again after a detector changed
+    round: int  # 1: drawn with the detectors of 52f54fa; 2, 3: drawn again after a detector changed; 4: the held-out draw
     drawn_as: str  # the detector whose flags it was drawn from, or UNFLAGGED
     categories: frozenset[str]  # issue categories a reader found (empty: no issue)
     text: str | None  # chitchat only
     previous_user: str | None  # chitchat only: the user message before it, for a reader's context
+    stratum_size: int | None = None  # held-out draw: how many messages of its corpus its stratum holds
 
     @property
     def key(self) -> tuple[str, str]:
@@ -61,7 +62,7 @@ def load_labelled_messages(path: Path, taxonomy: Taxonomy) -> list[LabelledMessa
             row = LabelledMessage(
                 source=raw["source"], session_id=raw["session_id"], turn_index=int(raw["turn_index"]), round=int(raw["round"]),
                 drawn_as=raw["drawn_as"], categories=frozenset(raw["categories"]), text=raw.get("text"),
-                previous_user=raw.get("previous_user"))
+                previous_user=raw.get("previous_user"), stratum_size=raw.get("stratum_size"))
         except (ValueError, KeyError, TypeError) as exc:
             raise DialError(f"{where}: not a labelled message ({type(exc).__name__}: {exc})") from None
         if row.source not in SOURCES:
@@ -76,6 +77,21 @@ def load_labelled_messages(path: Path, taxonomy: Taxonomy) -> list[LabelledMessa
             raise DialError(f"{where}: {row.source} {row.session_id} turn {row.turn_index} is labelled twice")
         seen.add(position)
         rows.append(row)
+    return rows
+
+
+def load_second_rater(path: Path, taxonomy: Taxonomy) -> list[tuple[str, str, int, frozenset[str]]]:
+    """A second rater's blind labels of design-set messages (`judge_labels_second_rater.jsonl`:
+    source, session_id, turn_index, categories; no text): (source, session_id, turn, categories)."""
+    rows = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        raw = json.loads(line)
+        unknown = sorted(name for name in raw["categories"] if taxonomy.category(name) is None)
+        if unknown or raw["source"] not in SOURCES or {"text", "previous_user"} & set(raw):
+            raise DialError(f"{path}:{number}: unknown categories {unknown}, unknown source or text in a second-rater row")
+        rows.append((raw["source"], raw["session_id"], int(raw["turn_index"]), frozenset(raw["categories"])))
     return rows
 
 
