@@ -352,12 +352,13 @@ def test_rules_judge_tables(taxonomy):
     io.USER_ACTIONS.validate(actions)
     assert set(issues["judge"]) == {"rules"} and set(issues["item_id"]) == {"item-a"}
     got = set(zip(issues["turn_index"], issues["category"]))
+    # "Repetitive questions" (turn 5) and "Ignoring user's request to end session" (turn 7) have
+    # detectors, switched off by default (precision below 0.5: docs/judges.md, "Held-out check").
     assert got == {
         (1, "Unclear or confusing wording"), (1, "Not listening to the user"),
-        (5, "Failure to follow crisis protocol"), (5, "Repetitive questions"), (5, "Incomplete message"),
-        (7, "Ignoring user's request to end session"),
+        (5, "Failure to follow crisis protocol"), (5, "Incomplete message"),
     }
-    assert issues.loc[issues["category"] == "Repetitive questions", "group"].item() == "User Frustration"
+    assert issues.loc[issues["category"] == "Not listening to the user", "group"].item() == "User Frustration"
     labels = set(zip(actions["item_id"], actions["turn_index"], actions["action"]))
     assert {("item-a", 0, "Greets"), ("item-a", 0, "General distress"), ("item-a", 2, "Asks for clarity"),
             ("item-a", 4, "Crisis expression"), ("item-a", 6, "Ends conversation"), ("item-b", 0, "Expresses gratitude"),

@@ -47,6 +47,8 @@ ISSUE_DETECTORS: dict[str, IssueDetector] = {}
 OFF_BY_DEFAULT = frozenset({
     "curt_reply_to_distress", "premature_wrap_up", "user_objects_to_fabrication", "user_says_going_in_circles",
     "user_frustration_signal", "user_questions_bot", "formulaic_openings",
+    # Below 0.5 once the held-out draw is pooled with the design set (docs/judges.md, "Held-out check").
+    "ignored_end_request", "repetitive_question",
 })
 ACTION_DETECTORS: dict[str, ActionDetector] = {}
 
