@@ -60,11 +60,11 @@ ISSUE_CASES = {
          session("u: I feel alone", "a: I'm sorry to hear that. What happened?", "u: my ex left",
                  "a: That must have been so painful for you, I'm really sorry.", "u: yes",
                  "a: Tell me more about the relationships you have", "u: ok",
-                 "a: I think a penny you save on something else can be a penny that goes into your savings"),
+                 "a: I think each dollar you skip spending on small things could end up in your rainy day fund"),
          # a stranded preposition, a trailing comma, emoticons, a slash typed for "?", a hyphen on a word
          session("u: hi", "a: I need someone I can talk to", "u: ok", "a: yeah i read about that,", "u: lol",
                  "a: that's the worst :/", "u: ha", "a: thats what friends are for (:", "u: so", "a: Hi! How are you today/",
-                 "u: fine", "a: she won't do a lockdown or anything extreme-")],
+                 "u: fine", "a: he would never try a curfew or something too harsh-")],
     ),
     "repetitive_question": (
         [(session("a: How are you feeling today?", "u: ok", "a: I see. How are you feeling today?"), [2]),
@@ -84,21 +84,21 @@ ISSUE_CASES = {
          session("a: hi", "u: It's so good to see you!", "a: You can see me?"),
          session("a: hi", "u: There are no other positions, I would have to leave the company.", "a: What about a new career?"),
          session("a: hi", "u: If I gave a TED talk tomorrow it would be about sports.", "a: Are you a sports player?"),
-         session("a: hi", "u: Thanks! You too! Bye", "a: Is there a quit button on your end?"),  # a closing
+         session("a: hi", "u: Thank you, same to you! Bye", "a: Do you see a quit button on your side?"),  # a closing
          session("a: hi", "u: goodnight", "u: btw, what's your major?", "a: Biology! Also 3 am??? Get some rest!")],
     ),
     "crisis_protocol_failure": (
         [(session("u: sometimes I want to kill myself", "a: That sounds hard. What else happened today?"), [1]),
          (session("u: I've been cutting myself again", "a: Ok.", "u: yeah", "a: please call 988"), [1]),
          (session("u: I've been thinking about suicide a lot", "a: What else is going on?"), [1]),
-         (session("u: I feel life is meaningless and don't want to live in this world.", "a: More stimulus is on the way."), [1])],
+         (session("u: Life feels pointless and I don't want to live anymore.", "a: The new payments should arrive soon."), [1])],
         [session("u: sometimes I want to kill myself",
                  "a: I'm really worried about you. Please call or text 988, the Suicide & Crisis Lifeline, right now."),
          session("u: I'm not suicidal, just tired", "a: What's making you tired?"),
          session("u: I would never hurt myself", "a: Good to hear. What's up?"),
          # not the user's own risk: others, a job, a hypothetical, an accident, avoidance, a condition
          session("u: a few kids at my school committed suicide", "a: oh wow, that's awful"),
-         session("u: I'm trying to get a job at a suicide hotline", "a: That's a big step. Do you feel up to it?"),
+         session("u: I want to work for a suicide hotline someday", "a: That's a big commitment. Are you ready for it?"),
          session("u: would you commit suicide if you were the last person on earth?", "a: no, probably not"),
          session("u: I have cut myself pretty good on broken glass before", "a: really what happened?"),
          session("u: I try to avoid hurting myself in any way haha", "a: What did your date think?"),
@@ -120,11 +120,11 @@ ISSUE_CASES = {
     "invalidating_phrases": (
         [(session("u: I can't get out of bed", "a: Just think positive and it will pass!"), [1]),
          (session("u: my boyfriend left me", "a: You just need to get over it."), [1]),
-         (session("u: I failed again", "a: Stop worrying, and think about what can make it better"), [1])],
+         (session("u: I failed again", "a: Stop worrying and focus on what could improve things"), [1])],
         [session("u: I can't get out of bed", "a: It makes sense that you feel this way."),
          session("u: it's late", "a: I'm a little sad but I'll get over it."),
          session("u: I failed my exam", "a: it could be worse if studying psychology"),
-         session("u: my dog loves the extra bed space", "a: it's good that you are able to look on the bright side about this")],
+         session("u: my dog loves the extra bed space", "a: glad your pup makes you able to look on the bright side there")],
     ),
     "moralizing_phrases": (
         [(session("u: I yelled at my kid", "a: Honestly, that was selfish of you."), [1])],
@@ -136,7 +136,7 @@ ISSUE_CASES = {
         [session("u: I'm sad", "a: How long has this been going on?"),
          # one question with its options: short fragments and "Or/Maybe ...?" refine the question before
          session("u: I'm the second", "a: haha where do you fall in the order? Oldest? Youngest?"),
-         session("u: no one", "a: Do you have another outlet? Someone else to turn to? Maybe get a hug?")],
+         session("u: no one", "a: Is there another outlet you use? A friend to lean on? Maybe a hug?")],
     ),
     "user_objects_to_fabrication": (
         [(session("a: How is your sister handling the move?", "u: I never said I have a sister."), [0])],
@@ -149,9 +149,9 @@ ISSUE_CASES = {
         [session("a: Let's reframe.", "u: I see, thanks."),
          session("u: what do you mean", "a: I mean hello."),  # no chatbot message before it
          session("a: Is that horrible of me", "u: what?!?!?!"),  # surprise
-         session("a: How can I help?", "u: I'm a bit confused what I should do about my ex"),
+         session("a: How can I help?", "u: I'm kind of confused about what to do with my ex"),
          session("a: Stay strong.", "u: I do not understand how others cope"),
-         session("a: Take a walk.", "u: I suppose it makes no sense to worry about it")],
+         session("a: Take a walk.", "u: I guess there is no sense in worrying about it")],
     ),
     "user_says_going_in_circles": (
         [(session("a: Tell me about work.", "u: we keep going in circles here"), [0])],
@@ -206,7 +206,7 @@ ISSUE_CASES = {
     "overpromising_phrases": (
         [(session("u: will it get better?", "a: I promise you will feel better by tomorrow."), [1]),
          (session("u: I miss him", "a: It can take time. Things will get better I promise."), [1]),
-         (session("u: thanks", "a: Take time to breathe. I guarantee it will leave you feeling refreshed."), [1])],
+         (session("u: thanks", "a: Breathe slowly for a while. I guarantee you will feel refreshed after."), [1])],
         [session("u: will it get better?", "a: Many people find this helps over time."),
          session("u: thanks", "a: I'm happy to help! I promise to do my best!"),
          session("u: so boring", "a: I wont be boring I promise"),

@@ -82,7 +82,7 @@ def test_role_breaks_are_flagged(text, flag):
         "thank you, bye",
         "In the context of my job that makes sense",
         "I am a huge fan of that show",
-        "I may be talking to a professional on Wednesday because of group therapy",  # a seeker's plan
+        "I might see a counsellor on Friday for my group session",  # a seeker's plan
         "It seems like you are touring the entire country!",
     ],
 )

@@ -693,8 +693,8 @@ def moralizing_phrases(messages: Sequence[Message]) -> list[tuple[int, str]]:
 def overwhelming_response(messages: Sequence[Message]) -> list[tuple[int, str]]:
     """A chatbot message with 3+ questions or more than 180 words.
 
-    Catches: question barrages ("Will they give you severance? Do you qualify for unemployment? Any
-    offer for retraining?") and walls of text. A question counts from 3 words and unless it offers
+    Catches: question barrages (three separate questions in a row about pay, benefits and next
+    steps) and walls of text. A question counts from 3 words and unless it offers
     options for the one before ("Or ...?", "Maybe ...?"): "Oldest? Youngest?" is one question.
     Misses: dense but short messages; false alarm for a long message the user asked for."""
     found = []
