@@ -378,6 +378,8 @@ class TsneParams(Section):
     enabled: bool = False
     perplexity: float = Field(default=30.0, gt=0)
     max_sessions_per_group: int = Field(default=50, gt=0)
+    # Relabellings of the permutation test (its p-value is >= 1 / (1 + permutations)); 0 = no test.
+    permutations: int = Field(default=100, ge=0)
 
 
 class PerplexityParams(Section):

@@ -62,6 +62,37 @@ def test_two_sample_test_is_deterministic_for_a_seed_and_needs_two_sessions_a_cl
     assert (few["n_real"], few["n_folds"]) == (3, 3)  # as many folds as the smaller class allows
 
 
+def test_permutation_p_value_is_small_only_when_the_samples_differ():
+    # Fewer sessions than the other tests: each permutation reruns the whole cross-validation.
+    rng = np.random.default_rng(0)
+    same = embeddings.classifier_two_sample_test(rng.normal(size=(12, 8)), rng.normal(size=(36, 8)),
+                                                 seed=0, n_resamples=200, name="sft", n_permutations=99)
+    apart = embeddings.classifier_two_sample_test(rng.normal(size=(12, 8)), rng.normal(size=(36, 8)) + 2.0,
+                                                  seed=0, n_resamples=200, name="sft", n_permutations=99)
+    assert same["n_permutations"] == apart["n_permutations"] == 99
+    assert same["c2st_p_value"] > 0.05
+    assert apart["c2st_p_value"] == pytest.approx(1 / 100)  # no relabelling scores as high: the smallest p
+    again = embeddings.classifier_two_sample_test(rng.normal(size=(2, 8)), rng.normal(size=(3, 8)),
+                                                  seed=0, n_resamples=200, name="sft", n_permutations=0)
+    assert "c2st_p_value" not in again
+
+
+def test_permutation_p_value_counts_the_relabellings_at_least_as_good():
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(20, 4))
+    is_real = np.arange(20) < 8
+    predicted = embeddings.held_out_predictions(vectors, is_real, 4, seed=0)
+    observed = embeddings.balanced_accuracy(predicted, is_real)
+    p = embeddings.permutation_p_value(vectors, is_real, observed, n_folds=4, seed=0, n_permutations=30,
+                                       rng=np.random.default_rng(9))
+    # The same count by hand, with the same stream of relabellings.
+    replay = np.random.default_rng(9)
+    permuted = [replay.permutation(is_real) for _ in range(30)]
+    scores = [embeddings.balanced_accuracy(embeddings.held_out_predictions(vectors, labels, 4, seed=0), labels) for labels in permuted]
+    assert p == (1 + sum(score >= observed for score in scores)) / 31
+    assert 1 / 31 <= p <= 1
+
+
 def clusters(n: int = 20, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     centres = np.array([[0.0] * 8, [6.0] * 8, [-6.0] + [0.0] * 7])
@@ -95,11 +126,11 @@ def metrics_with_a_test(result: dict | None) -> dict:
 
 def test_report_shows_the_test_beside_the_picture_and_metrics_keep_its_keys():
     result = {"c2st_balanced_accuracy": 0.625, "c2st_balanced_accuracy_ci_low": 0.5, "c2st_balanced_accuracy_ci_high": 0.75,
-              "n_real": 12, "n_simulated": 36, "n_folds": 5}
+              "n_real": 12, "n_simulated": 36, "n_folds": 5, "c2st_p_value": 0.0396, "n_permutations": 100}
     metrics = metrics_with_a_test(result)
     lines = report._embedding_lines(metrics, {"tsne": "figures/tsne.png"})
     assert "![t-SNE of session embeddings](figures/tsne.png)" in lines
-    assert "| sft | 62.50% [50.00%, 75.00%] | 12 | 36 |" in "\n".join(lines)
+    assert "| sft | 62.50% [50.00%, 75.00%] | 0.0396 | 12 | 36 |" in "\n".join(lines)
     flat = report.flat_metrics(metrics)
     assert (flat["sft.embeddings.c2st_balanced_accuracy"], flat["sft.embeddings.c2st_balanced_accuracy_ci_low"],
             flat["sft.embeddings.n_real"], flat["sft.embeddings.n_simulated"]) == (0.625, 0.5, 12, 36)

@@ -123,7 +123,28 @@ def held_out_predictions(vectors: np.ndarray, is_real: np.ndarray, n_folds: int,
     return predicted
 
 
-def classifier_two_sample_test(real: np.ndarray, simulated: np.ndarray, *, seed: int, n_resamples: int, name: str = "") -> dict | None:
+def balanced_accuracy(predicted: np.ndarray, is_real: np.ndarray) -> float:
+    """Mean of the accuracy on each class: 0.5 for a constant guess, whatever the class sizes."""
+    return float((predicted[is_real].mean() + (~predicted[~is_real]).mean()) / 2)
+
+
+def permutation_p_value(vectors: np.ndarray, is_real: np.ndarray, observed: float, *, n_folds: int, seed: int,
+                        n_permutations: int, rng: np.random.Generator) -> float | None:
+    """One-sided p-value of `observed` held-out balanced accuracy under "the labels do not matter":
+    the whole cross-validation is rerun on `n_permutations` random relabellings (class sizes kept),
+    p = (1 + #{permuted >= observed}) / (1 + n_permutations). Exact at any sample size, unlike the
+    bootstrap interval (which holds the fitted classifiers fixed). None when n_permutations is 0."""
+    if n_permutations <= 0:
+        return None
+    at_least = sum(
+        balanced_accuracy(held_out_predictions(vectors, permuted, n_folds, seed), permuted) >= observed - 1e-12
+        for permuted in (rng.permutation(is_real) for _ in range(n_permutations))
+    )
+    return (1 + at_least) / (1 + n_permutations)
+
+
+def classifier_two_sample_test(real: np.ndarray, simulated: np.ndarray, *, seed: int, n_resamples: int, name: str = "",
+                               n_permutations: int = 0) -> dict | None:
     """Can a classifier tell a simulator's sessions from the real ones by their embeddings?
 
     `c2st_balanced_accuracy`: the held-out balanced accuracy of `held_out_predictions` (the mean
@@ -134,7 +155,8 @@ def classifier_two_sample_test(real: np.ndarray, simulated: np.ndarray, *, seed:
     not refitted, so it misses their fold-to-fold variation and is somewhat narrow. Measured on
     300 pairs of samples of one distribution (chitchat sessions, 12 vs 36 and 50 vs 50): its low
     end exceeded 50 % in 3.7 % and 4.7 % of them (2.5 % nominal). Under 50 % is chance too
-    (cross-validation on few sessions). None with fewer than 2 sessions in a class."""
+    (cross-validation on few sessions). `c2st_p_value` (with `n_permutations` > 0): the
+    permutation test of `permutation_p_value`. None with fewer than 2 sessions in a class."""
     real = np.asarray(real, dtype=np.float64)
     simulated = np.asarray(simulated, dtype=np.float64)
     n_real, n_simulated = len(real), len(simulated)
@@ -142,7 +164,8 @@ def classifier_two_sample_test(real: np.ndarray, simulated: np.ndarray, *, seed:
     if n_folds < 2:
         return None
     is_real = np.concatenate([np.ones(n_real, dtype=bool), np.zeros(n_simulated, dtype=bool)])
-    predicted = held_out_predictions(np.concatenate([real, simulated]), is_real, n_folds, seed)
+    vectors = np.concatenate([real, simulated])
+    predicted = held_out_predictions(vectors, is_real, n_folds, seed)
     correct_real = predicted[is_real].astype(np.float64)
     correct_simulated = (~predicted[~is_real]).astype(np.float64)
     rng = stats.stable_rng(seed, name, "c2st")
@@ -150,12 +173,17 @@ def classifier_two_sample_test(real: np.ndarray, simulated: np.ndarray, *, seed:
         stats.resample_weights(n_real, n_resamples, rng) @ correct_real / n_real
         + stats.resample_weights(n_simulated, n_resamples, rng) @ correct_simulated / n_simulated
     ) / 2
+    observed = balanced_accuracy(predicted, is_real)
     result = {
-        "c2st_balanced_accuracy": float((correct_real.mean() + correct_simulated.mean()) / 2),
+        "c2st_balanced_accuracy": observed,
         "n_real": n_real,
         "n_simulated": n_simulated,
         "n_folds": n_folds,
     }
+    p_value = permutation_p_value(vectors, is_real, observed, n_folds=n_folds, seed=seed, n_permutations=n_permutations,
+                                  rng=stats.stable_rng(seed, name, "c2st-permutations"))
+    if p_value is not None:
+        result["c2st_p_value"], result["n_permutations"] = p_value, n_permutations
     interval = stats.percentile_interval(draws)
     if interval is not None:
         result["c2st_balanced_accuracy_ci_low"], result["c2st_balanced_accuracy_ci_high"] = interval

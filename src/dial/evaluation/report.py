@@ -760,15 +760,18 @@ def _embedding_lines(metrics: dict, figures: Mapping[str, str]) -> list[str]:
                   "clouds mean the simulated users write like the real ones.", ""]
     if tested:
         lines.append(_table(
-            ["simulator", "real vs simulated: held-out balanced accuracy [95% CI]", "n real", "n simulated"],
+            ["simulator", "real vs simulated: held-out balanced accuracy [95% CI]", "permutation p", "n real", "n simulated"],
             [[name, _with_interval(_get(metrics, name, "embeddings"), "c2st_balanced_accuracy", "pct"),
+              _fmt(_get(metrics, name, "embeddings", "c2st_p_value"), "p"),
               _fmt(_get(metrics, name, "embeddings", "n_real"), "int"), _fmt(_get(metrics, name, "embeddings", "n_simulated"), "int")]
              for name in tested],
         ))
         lines += ["", "How far apart the clouds are: a logistic regression on the same embeddings tells each simulator's",
                   "sessions from the real ones, each session predicted by a classifier that never saw it (stratified k-fold, k ≤ 5;",
                   "classes weighted, not subsampled). 50 % = indistinguishable (under 50 % is chance too), 100 % = no overlap.",
-                  "Interval: bootstrap over sessions, given the fitted classifiers (somewhat narrow).", ""]
+                  "Interval: bootstrap over sessions, given the fitted classifiers (somewhat narrow). Permutation p: the",
+                  "share of random relabellings (the whole cross-validation rerun) that score at least as high; exact at",
+                  "any n, so read it beside the interval (p < 0.05: the simulator's sessions are told apart).", ""]
     return lines
 
 

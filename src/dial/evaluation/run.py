@@ -160,6 +160,7 @@ def embedding_comparison(params: Params, real_messages: pd.DataFrame, simulated:
         test = embeddings.classifier_two_sample_test(
             vectors[group_of == REAL], vectors[group_of == name],
             seed=params.evaluate.seed, n_resamples=params.evaluate.bootstrap_samples, name=name,
+            n_permutations=tsne_params.permutations,
         )
         if test is not None:
             two_sample_tests[name] = test
