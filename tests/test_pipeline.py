@@ -12,6 +12,7 @@ from dial.cli import app
 from dial.errors import DialError
 from dial.params import load_params
 from dial.pipeline import (
+    check_dvc_yaml,
     check_iteration,
     foreach_items,
     previous_simulator,
@@ -37,12 +38,33 @@ def test_check_iteration_names_the_fix():
 
 
 def test_shipped_dvc_yaml_matches_shipped_params(repo_root):
-    iterations = load_params(repo_root / "params.yaml").dial.iterations
-    assert stage_items(repo_root / "dvc.yaml") == foreach_items(iterations)
+    dial = load_params(repo_root / "params.yaml").dial
+    assert stage_items(repo_root / "dvc.yaml") == foreach_items(dial.iterations, dial.zero_shot)
+    check_dvc_yaml(repo_root / "dvc.yaml", dial.iterations, dial.zero_shot)
 
 
-@pytest.mark.parametrize("iterations", [1, 3, 5])  # the shipped dvc.yaml has 2
-def test_sync_rewrites_only_the_items(repo_root, tmp_path, iterations):
+def test_zero_shot_baseline_can_be_left_out(repo_root, tmp_path):
+    assert simulator_ids(2, zero_shot=False) == ["sft", "it1", "it2"]
+    items = foreach_items(1, zero_shot=False)
+    assert list(items["simulate"]) == list(items["discriminator"]) == ["sft", "it1"]
+    assert items["pairs"] == items["dpo"] == {"it1": {"previous": "sft"}}
+    dvc_yaml = tmp_path / "dvc.yaml"
+    shutil.copy(repo_root / "dvc.yaml", dvc_yaml)
+    sync_dvc_yaml(dvc_yaml, 1, zero_shot=True)
+    assert list(stage_items(dvc_yaml)["simulate"]) == ["zero-shot", "sft", "it1"]
+    check_dvc_yaml(dvc_yaml, 1, zero_shot=True)
+    # Evaluating without the stages that made a simulator's sessions (or with stages params dropped):
+    with pytest.raises(DialError, match=r"zero-shot, sft, it1 but params.yaml .*dial.zero_shot=false.*`dial pipeline`"):
+        check_dvc_yaml(dvc_yaml, 1, zero_shot=False)
+    with pytest.raises(DialError, match=r"asks for zero-shot, sft, it1, it2"):
+        check_dvc_yaml(dvc_yaml, 2, zero_shot=True)
+    sync_dvc_yaml(dvc_yaml, 1, zero_shot=False)
+    check_dvc_yaml(dvc_yaml, 1, zero_shot=False)
+
+
+@pytest.mark.parametrize("more", [1, 2, 4])  # iterations beyond the shipped dvc.yaml's
+def test_sync_rewrites_only_the_items(repo_root, tmp_path, more):
+    iterations = load_params(repo_root / "params.yaml").dial.iterations + more
     dvc_yaml = tmp_path / "dvc.yaml"
     shutil.copy(repo_root / "dvc.yaml", dvc_yaml)
     original = yaml.safe_load(dvc_yaml.read_text())
@@ -63,9 +85,9 @@ def test_sync_rewrites_only_the_items(repo_root, tmp_path, iterations):
 def test_sync_back_is_byte_identical(repo_root, tmp_path):
     dvc_yaml = tmp_path / "dvc.yaml"
     shutil.copy(repo_root / "dvc.yaml", dvc_yaml)
-    iterations = load_params(repo_root / "params.yaml").dial.iterations
-    sync_dvc_yaml(dvc_yaml, iterations + 2)
-    sync_dvc_yaml(dvc_yaml, iterations)
+    dial = load_params(repo_root / "params.yaml").dial
+    sync_dvc_yaml(dvc_yaml, dial.iterations + 2, not dial.zero_shot)
+    sync_dvc_yaml(dvc_yaml, dial.iterations, dial.zero_shot)
     assert dvc_yaml.read_text() == (repo_root / "dvc.yaml").read_text()
 
 
@@ -73,7 +95,7 @@ def test_cli_check_and_rewrite(repo_root, tmp_path):
     dvc_yaml, params = tmp_path / "dvc.yaml", tmp_path / "params.yaml"
     shutil.copy(repo_root / "dvc.yaml", dvc_yaml)
     raw = yaml.safe_load((repo_root / "params.yaml").read_text())
-    raw["dial"]["iterations"] = 1  # the shipped dvc.yaml has 2
+    raw["dial"]["iterations"] += 1  # one more than the shipped dvc.yaml lists
     params.write_text(yaml.safe_dump(raw))
     runner = CliRunner()
     args = ["--params-file", str(params), "--dvc-yaml", str(dvc_yaml)]
@@ -81,5 +103,6 @@ def test_cli_check_and_rewrite(repo_root, tmp_path):
     assert result.exit_code == 1 and "dial pipeline" in result.output
     result = runner.invoke(app, ["pipeline", *args])
     assert result.exit_code == 0, result.output
-    assert "it1" in result.output and "it2" not in result.output
+    last = raw["dial"]["iterations"]
+    assert f"it{last}" in result.output and f"it{last + 1}" not in result.output
     assert runner.invoke(app, ["pipeline", "--check", *args]).exit_code == 0

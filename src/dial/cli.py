@@ -219,17 +219,20 @@ def pipeline(
     dvc_yaml: Path = typer.Option(Path("dvc.yaml")),
 ) -> None:
     """Write one simulate/discriminator stage per simulator and one pairs/dpo stage per DIAL
-    iteration into dvc.yaml, as `dial.iterations` in params.yaml asks (everything else is kept)."""
+    iteration into dvc.yaml, as `dial.iterations` and `dial.zero_shot` in params.yaml ask (everything
+    else is kept)."""
     from dial.pipeline import foreach_items, stage_items, sync_dvc_yaml
 
-    iterations = load_params(params_file).dial.iterations
+    dial_params = load_params(params_file).dial
+    iterations, zero_shot = dial_params.iterations, dial_params.zero_shot
     if check:
-        if stage_items(dvc_yaml) != foreach_items(iterations):
-            fail(f"{dvc_yaml} does not match dial.iterations={iterations} in {params_file}: run `dial pipeline`")
-        typer.echo(f"{dvc_yaml} matches dial.iterations={iterations}")
+        if stage_items(dvc_yaml) != foreach_items(iterations, zero_shot):
+            fail(f"{dvc_yaml} does not match dial.iterations={iterations}, dial.zero_shot={zero_shot} in {params_file}: "
+                 "run `dial pipeline`")
+        typer.echo(f"{dvc_yaml} matches dial.iterations={iterations}, dial.zero_shot={zero_shot}")
         return
-    changed = sync_dvc_yaml(dvc_yaml, iterations)
-    simulators = ", ".join(simulator_ids(iterations))
+    changed = sync_dvc_yaml(dvc_yaml, iterations, zero_shot)
+    simulators = ", ".join(simulator_ids(iterations, zero_shot))
     typer.echo(f"{dvc_yaml}: {'rewritten' if changed else 'already up to date'} for {iterations} iterations (simulators: {simulators})")
 
 
@@ -265,7 +268,7 @@ def overrides(
         fail(f"{config}: {exc}")
     merged = deep_update(yaml.safe_load(params_file.read_text(encoding="utf-8")), override)
     try:
-        Params.model_validate(merged)
+        merged_params = Params.model_validate(merged)
     except ValueError as exc:
         raise ParamsError(f"{config} over {params_file}: invalid params: {exc}") from exc
     if write:
@@ -289,8 +292,8 @@ def overrides(
         buffer = StringIO()
         round_trip.dump(document, buffer)
         write_text_atomic(params_file, buffer.getvalue())
-        sync_dvc_yaml(Path("dvc.yaml"), merged.get("dial", {}).get("iterations", 2))
-        typer.echo(f"merged {config} into {params_file}; dvc.yaml synced to dial.iterations", err=True)
+        sync_dvc_yaml(Path("dvc.yaml"), merged_params.dial.iterations, merged_params.dial.zero_shot)
+        typer.echo(f"merged {config} into {params_file}; dvc.yaml synced to dial.iterations and dial.zero_shot", err=True)
         return
     flags = []
     for key, value in flatten_overrides(override).items():
@@ -319,7 +322,7 @@ def evaluate_chatbot(
     from dial.evaluation.chatbot import evaluate_chatbots, render_summary
 
     params = load_params(params_file)
-    simulator = simulator or simulator_ids(params.dial.iterations)[-1]
+    simulator = simulator or simulator_ids(params.dial.iterations, params.dial.zero_shot)[-1]
     result = evaluate_chatbots(params, simulator, chatbot, n_contexts, n_simulations, out)
     typer.echo(render_summary(result))
 

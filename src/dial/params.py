@@ -528,9 +528,12 @@ class DiscriminatorParams(Section):
 
 class DialParams(Section):
     """The DIAL loop (algorithm 1): how many iterations of simulate → discriminate → pairs → DPO.
-    dvc.yaml lists one stage per iteration: after changing this, run `dial pipeline`."""
+    dvc.yaml lists one stage per iteration (and per simulator): after changing either, run `dial pipeline`."""
 
     iterations: int = Field(default=3, ge=1)
+    # The zero-shot baseline (the base model, prompted as the user): simulated, discriminated and
+    # evaluated beside the trained simulators. Off, the pipeline skips its stages.
+    zero_shot: bool = True
 
 
 class Params(Section):

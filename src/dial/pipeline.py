@@ -6,11 +6,12 @@ iteration naming its predecessor (`it1: {previous: sft}`, `it2: {previous: it1}`
 dependencies between them are real files (a simulator's adapter folder, its simulated sessions,
 its discriminator).
 
-`dial.iterations` in `params.yaml` is the one place the number of iterations is set;
-`dial pipeline` rewrites those item lists in `dvc.yaml` to match it (comments and everything else
+`dial.iterations` (and `dial.zero_shot`) in `params.yaml` is the one place the simulators are set;
+`dial pipeline` rewrites those item lists in `dvc.yaml` to match (comments and everything else
 kept), and every iteration stage refuses to run when the two disagree (`check_iteration`).
 
-Simulators, in order: zero-shot (the base model, prompted), sft, it1 ... itK. Iteration k takes
+Simulators, in order: zero-shot (the base model, prompted; a baseline, left out with
+`dial.zero_shot: false`), sft, it1 ... itK. Iteration k takes
 simulator k-1's sessions, trains discriminator k-1 on them, picks preference pairs with its
 rewards and DPO-trains simulator k with simulator k-1 as the reference policy.
 """
@@ -33,9 +34,10 @@ def iteration_ids(iterations: int) -> list[str]:
     return [f"{ITERATION_PREFIX}{k}" for k in range(1, iterations + 1)]
 
 
-def simulator_ids(iterations: int) -> list[str]:
-    """zero-shot, sft, it1 ... itK: every simulator the pipeline simulates and discriminates."""
-    return [ZERO_SHOT, SFT, *iteration_ids(iterations)]
+def simulator_ids(iterations: int, zero_shot: bool = True) -> list[str]:
+    """zero-shot (when `zero_shot`), sft, it1 ... itK: every simulator the pipeline simulates and
+    discriminates."""
+    return [*([ZERO_SHOT] if zero_shot else []), SFT, *iteration_ids(iterations)]
 
 
 def previous_simulator(iteration_id: str) -> str:
@@ -60,14 +62,28 @@ def check_iteration(iteration_id: str, iterations: int) -> None:
         )
 
 
+def check_dvc_yaml(dvc_yaml: Path, iterations: int, zero_shot: bool) -> None:
+    """Refuse to evaluate simulators that dvc.yaml has no stages for (or to skip ones it has), e.g.
+    after `dvc exp run -S dial.iterations=3` without `dial pipeline`."""
+    listed = list(stage_items(dvc_yaml)["simulate"])
+    wanted = simulator_ids(iterations, zero_shot)
+    if listed != wanted:
+        raise DialError(
+            f"{dvc_yaml} has simulate stages for {', '.join(listed)} but params.yaml (dial.iterations={iterations}, "
+            f"dial.zero_shot={str(zero_shot).lower()}) asks for {', '.join(wanted)}: run `dial pipeline` "
+            "(or `dial overrides FILE --write`), then `dvc repro`"
+        )
+
+
 def model_dep(simulator_id: str) -> str:
     """The folder a simulator's stages depend on: its adapter, or the base model for zero-shot."""
     return "models/base" if simulator_id == ZERO_SHOT else f"models/simulator/{simulator_id}"
 
 
-def foreach_items(iterations: int) -> dict[str, dict]:
-    """The `foreach:` items of each generated stage for `iterations` DIAL iterations."""
-    simulators = {simulator: {"model": model_dep(simulator)} for simulator in simulator_ids(iterations)}
+def foreach_items(iterations: int, zero_shot: bool = True) -> dict[str, dict]:
+    """The `foreach:` items of each generated stage for `iterations` DIAL iterations (and the
+    zero-shot baseline when `zero_shot`)."""
+    simulators = {simulator: {"model": model_dep(simulator)} for simulator in simulator_ids(iterations, zero_shot)}
     chain = {iteration: {"previous": previous_simulator(iteration)} for iteration in iteration_ids(iterations)}
     return {
         **{stage: simulators for stage in SIMULATOR_STAGES},
@@ -97,8 +113,9 @@ def stage_items(dvc_yaml: Path) -> dict[str, dict]:
     return found
 
 
-def sync_dvc_yaml(dvc_yaml: Path, iterations: int) -> bool:
-    """Rewrite the `foreach:` items of the generated stages for `iterations`; True if it changed."""
+def sync_dvc_yaml(dvc_yaml: Path, iterations: int, zero_shot: bool = True) -> bool:
+    """Rewrite the `foreach:` items of the generated stages for `iterations` (and the zero-shot
+    baseline when `zero_shot`); True if it changed."""
     from io import StringIO
 
     from ruamel.yaml.comments import CommentedMap
@@ -108,7 +125,7 @@ def sync_dvc_yaml(dvc_yaml: Path, iterations: int) -> bool:
     if iterations < 0:
         raise DialError(f"dial.iterations must be >= 0 (got {iterations})")
     dvc_yaml = Path(dvc_yaml)
-    wanted = foreach_items(iterations)
+    wanted = foreach_items(iterations, zero_shot)
     if stage_items(dvc_yaml) == wanted:
         return False
     yaml = _yaml()
