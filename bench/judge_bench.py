@@ -6,7 +6,9 @@
         --out /tmp/candidates.jsonl              # draw more messages to label (reads both corpora, ~1 min)
     python bench/judge_bench.py --draw 4 --detectors enabled --per-detector 5 --unflagged 25 --seed 20261207 \
         --out /tmp/heldout.jsonl                 # how the held-out set was drawn (docs/judges.md)
-    python bench/judge_bench.py --heldout --firing-rates   # the held-out check, second rater, firing rates (~40 s)
+    python bench/judge_bench.py --draw 5 --detectors enabled --per-detector 5 --unflagged 25 --seed 20261208 \
+        --out /tmp/heldout2.jsonl                # the fresh held-out draw of round 5 (excludes every labelled file)
+    python bench/judge_bench.py --heldout --firing-rates   # both held-out draws, second rater, firing rates (~1 min)
 
 The labelled set (`tests/fixtures/judge_labels.jsonl`, `dial.evaluation.judges.labelled`;
 docs/judges.md says how it was drawn and labelled) holds assistant-side messages of real chats:
@@ -52,7 +54,8 @@ from dial.params import DataParams, load_params
 REPO = Path(__file__).resolve().parents[1]
 LABELS = REPO / "tests" / "fixtures" / "judge_labels.jsonl"
 ESCONV = REPO.parent / "shared" / "datasets" / "esconv"
-HELDOUT = REPO / "tests" / "fixtures" / "judge_labels_heldout.jsonl"
+HELDOUT = REPO / "tests" / "fixtures" / "judge_labels_heldout.jsonl"  # round 4 (seed 20261207)
+HELDOUT2 = REPO / "tests" / "fixtures" / "judge_labels_heldout2.jsonl"  # round 5 (seed 20261208), after the detectors it informed changed
 SECOND_RATER = REPO / "tests" / "fixtures" / "judge_labels_second_rater.jsonl"
 
 
@@ -307,29 +310,39 @@ def firing_rates(esconv_dir: Path, detectors: list[str]) -> tuple[dict[str, dict
 
 
 def heldout(args, params, taxonomy) -> None:
-    labelled = load_labelled_messages(args.heldout_labels, taxonomy)
-    design = {(row.source, row.session_id, row.turn_index) for row in load_labelled_messages(args.labels, taxonomy)}
-    overlap = [row for row in labelled if (row.source, row.session_id, row.turn_index) in design]
-    if overlap:
-        sys.exit(f"{args.heldout_labels}: {len(overlap)} messages are also in the design set {args.labels}")
-    sessions = read_sessions(labelled, args.esconv)
-    flagged_drawn = sum(1 for row in labelled if row.drawn_as != UNFLAGGED)
-    print(f"held-out set: {len(labelled)} assistant messages ({sum(r.source == 'chitchat' for r in labelled)} chitchat, "
-          f"{sum(r.source == 'esconv' for r in labelled)} ESConv), {flagged_drawn} drawn from the enabled detectors' flags, "
-          f"{len(labelled) - flagged_drawn} unflagged; {sum(1 for r in labelled if r.categories)} with at least one issue\n")
-    with build_judge(params.judge.model_copy(update={"backend": "rules"}), taxonomy) as judge:
-        verdicts, flags = judge_verdicts(judge, sessions, labelled)
+    """Each held-out file (round 4, then the fresh round 5 when present) on its own: none may share a
+    message with the design set or with another held-out file."""
+    taken = {(row.source, row.session_id, row.turn_index): args.labels for row in load_labelled_messages(args.labels, taxonomy)}
+    files = [path for path in args.heldout_labels if path.is_file()]
+    sets = []
+    for path in files:
+        labelled = load_labelled_messages(path, taxonomy)
+        overlap = [row for row in labelled if (row.source, row.session_id, row.turn_index) in taken]
+        if overlap:
+            sys.exit(f"{path}: {len(overlap)} messages are also in {taken[(overlap[0].source, overlap[0].session_id, overlap[0].turn_index)]}")
+        taken.update({(row.source, row.session_id, row.turn_index): path for row in labelled})
+        sets.append((path, labelled))
     category_of = {detector: label.name for label in taxonomy.categories for detector in label.detectors}
     rates = None
     if args.firing_rates:
         rates, text = firing_rates(args.esconv, sorted(category_of))
         print("## Firing rates of the enabled detectors on all real assistant-side messages\n")
         print(text + "\n")
-    print("## Rules detectors on the held-out draw (enabled ones that flag or have a labelled category)\n")
-    print(heldout_detector_table(verdicts, flags, labelled, category_of, rates))
     covered = {label.name for label in taxonomy.categories if label.detectors}
-    print(f"\nrules (held-out draw): {message_level(verdicts, labelled, covered)}")
-    print(f"rules (held-out, population-weighted over the flag strata): message-level precision {stratified_precision(verdicts, labelled)}")
+    for path, labelled in sets:
+        rounds = sorted({row.round for row in labelled})
+        name = f"held-out draw, round {'/'.join(map(str, rounds))} ({path.name})"
+        sessions = read_sessions(labelled, args.esconv)
+        flagged_drawn = sum(1 for row in labelled if row.drawn_as != UNFLAGGED)
+        print(f"# {name}\n\n{len(labelled)} assistant messages ({sum(r.source == 'chitchat' for r in labelled)} chitchat, "
+              f"{sum(r.source == 'esconv' for r in labelled)} ESConv), {flagged_drawn} drawn from the enabled detectors' flags, "
+              f"{len(labelled) - flagged_drawn} unflagged; {sum(1 for r in labelled if r.categories)} with at least one issue\n")
+        with build_judge(params.judge.model_copy(update={"backend": "rules"}), taxonomy) as judge:
+            verdicts, flags = judge_verdicts(judge, sessions, labelled)
+        print(f"## Rules detectors on the {name} (enabled ones that flag or have a labelled category)\n")
+        print(heldout_detector_table(verdicts, flags, labelled, category_of, rates))
+        print(f"\nrules ({name}): {message_level(verdicts, labelled, covered)}")
+        print(f"rules ({name}, population-weighted over the flag strata): message-level precision {stratified_precision(verdicts, labelled)}\n")
     if args.second_rater.is_file():
         design_rows = load_labelled_messages(args.labels, taxonomy)
         print("\n## Inter-rater agreement\n")
@@ -354,7 +367,8 @@ def main() -> None:
     parser.add_argument("--unflagged", type=int, default=0,
                         help="--draw: also this many unflagged messages per corpus, strata partitioned (the held-out draw)")
     parser.add_argument("--heldout", action="store_true", help="instead: the rules judge on the held-out set, and the second rater's agreement")
-    parser.add_argument("--heldout-labels", type=Path, default=HELDOUT)
+    parser.add_argument("--heldout-labels", type=Path, nargs="+", default=[HELDOUT, HELDOUT2],
+                        help="held-out files, each reported on its own (missing ones are skipped); --draw excludes them all")
     parser.add_argument("--second-rater", type=Path, default=SECOND_RATER)
     parser.add_argument("--firing-rates", action="store_true",
                         help="print each enabled detector's share of ALL real assistant messages (both corpora, ~1 min)")
@@ -380,7 +394,8 @@ def main() -> None:
         unknown = [name for name in detectors if name not in ISSUE_DETECTORS]
         if not detectors or unknown or args.out is None:
             sys.exit(f"--draw needs --out and --detectors among {sorted(ISSUE_DETECTORS)} (unknown: {unknown})")
-        rows = draw(args.draw, detectors, args.per_detector, labelled, args.esconv, args.seed, args.unflagged, enabled)
+        seen = labelled + [row for path in args.heldout_labels if path.is_file() for row in load_labelled_messages(path, taxonomy)]
+        rows = draw(args.draw, detectors, args.per_detector, seen, args.esconv, args.seed, args.unflagged, enabled)
         args.out.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
         print(f"drew {len(rows)} messages to label into {args.out}")
         return
@@ -423,6 +438,8 @@ OFF_CATEGORY = {
     "user_frustration_signal": "Response frustrates the user",
     "user_questions_bot": "Robotic or generic responses",
     "formulaic_openings": "Robotic or generic responses",
+    "ignored_end_request": "Ignoring user's request to end session",
+    "repetitive_question": "Repetitive questions",
 }
 
 

@@ -84,6 +84,18 @@ def test_heldout_set_loads_is_marked_and_disjoint_from_the_design_set(heldout_fi
     assert not design & {(row.source, row.session_id, row.turn_index) for row in rows}
 
 
+def test_fresh_heldout_set_loads_is_marked_and_disjoint_from_the_other_sets(repo_root, heldout_file, labels_file, taxonomy):
+    path = repo_root / "tests" / "fixtures" / "judge_labels_heldout2.jsonl"  # round 5, seed 20261208
+    rows = load_labelled_messages(path, taxonomy)
+    assert len(rows) >= 90 and {row.source for row in rows} == set(SOURCES)
+    raw = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    assert all(row["set"].startswith("heldout2") and row["round"] == 5 and row["stratum_size"] > 0 for row in raw)
+    assert all(not {"text", "previous_user"} & set(row) for row in raw if row["source"] == "esconv")  # CC BY-NC
+    keys = {(row.source, row.session_id, row.turn_index) for row in rows}
+    for other in (labels_file, heldout_file):
+        assert not keys & {(row.source, row.session_id, row.turn_index) for row in load_labelled_messages(other, taxonomy)}
+
+
 def test_second_rater_labels_load_with_valid_categories_ids_only(second_rater_file, labels_file, taxonomy):
     rows = load_second_rater(second_rater_file, taxonomy)  # raises on an unknown category or any text
     assert len(rows) == 60 and len({row[:3] for row in rows}) == 60

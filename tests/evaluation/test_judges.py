@@ -44,10 +44,11 @@ ISSUE_CASES = {
          session("a: Okay.", "u: fine", "a: Sure.", "u: so", "a: Okay.")],  # short, not consecutive
     ),
     "incomplete_message": (
-        # a length cap cutting twice: two unfinished messages at the chatbot's longest length
+        # a length cap cutting twice: two unfinished messages at the chatbot's longest length, each
+        # followed by the chatbot's own lower-case continuation (the rest of the split message)
         [(session("u: hi", "a: Hello!", "u: I'm sad", "a: I'm sorry.", "u: yes", "a: That sounds hard.", "u: it is",
-                  "a: Tell me more.", "u: ok", "a: I hear you, and it makes sense that you would feel", "u: and?",
-                  "a: It sounds like a lot has happened to you this week"), [9, 11]),
+                  "a: Tell me more.", "u: ok", "a: I hear you, and it makes sense that you would feel", "a: tired.",
+                  "u: and?", "a: It sounds like a lot has happened to you this week", "a: at work."), [9, 12]),
          (session("u: hi", "a: That sounds really hard. Have you talked to your"), [1]),
          (session("u: hi", "a: Here are a few ideas:"), [1]),
          (session("u: hi", "a: Thank you for talking! Oh, one thing--"), [1])],
@@ -64,7 +65,14 @@ ISSUE_CASES = {
          # a stranded preposition, a trailing comma, emoticons, a slash typed for "?", a hyphen on a word
          session("u: hi", "a: I need someone I can talk to", "u: ok", "a: yeah i read about that,", "u: lol",
                  "a: that's the worst :/", "u: ha", "a: thats what friends are for (:", "u: so", "a: Hi! How are you today/",
-                 "u: fine", "a: he would never try a curfew or something too harsh-")],
+                 "u: fine", "a: he would never try a curfew or something too harsh-"),
+         # the same cap-length messages without a continuation: complete long messages without a full stop
+         session("u: hi", "a: Hello!", "u: I'm sad", "a: I'm sorry.", "u: yes", "a: That sounds hard.", "u: it is",
+                 "a: Tell me more.", "u: ok", "a: I hear you, and it makes sense that you would feel", "u: and?",
+                 "a: It sounds like a lot has happened to you this week", "a: What else happened?"),
+         # "oh my", "Q and A", a grade, a bracket typed onto the last word
+         session("u: my cat ate the cake", "a: oh my", "u: yes", "a: look at the club's Q and A", "u: ok",
+                 "a: she will probably end up with a B+/A-", "u: nice", "a: you need good snacks for a long drive[")],
     ),
     "repetitive_question": (
         [(session("a: How are you feeling today?", "u: ok", "a: I see. How are you feeling today?"), [2]),
@@ -120,11 +128,18 @@ ISSUE_CASES = {
     "invalidating_phrases": (
         [(session("u: I can't get out of bed", "a: Just think positive and it will pass!"), [1]),
          (session("u: my boyfriend left me", "a: You just need to get over it."), [1]),
-         (session("u: I failed again", "a: Stop worrying and focus on what could improve things"), [1])],
+         (session("u: I failed again", "a: Stop worrying and focus on what could improve things"), [1]),
+         (session("u: the holidays are lonely", "a: Enjoy the holiday dinner and cheer up!"), [1])],
         [session("u: I can't get out of bed", "a: It makes sense that you feel this way."),
          session("u: it's late", "a: I'm a little sad but I'll get over it."),
          session("u: I failed my exam", "a: it could be worse if studying psychology"),
-         session("u: my dog loves the extra bed space", "a: glad your pup makes you able to look on the bright side there")],
+         session("u: my dog loves the extra bed space", "a: glad your pup makes you able to look on the bright side there"),
+         # reported, negated, "a way to cheer up", self-blame eased, an explanation
+         session("u: my uncle died", "a: I hate it when people tell you to just get over it, grief takes time."),
+         session("u: I'm down", "a: Feeling low about the news does not mean you have to cheer up right away :)"),
+         session("u: I'm bored", "a: Painting is a lovely way to cheer up on a grey afternoon."),
+         session("u: I quit the job", "a: You made the right call, so don't be upset with yourself."),
+         session("u: how do you memorise?", "a: Mental maths is quicker than paper because it's all in your head.")],
     ),
     "moralizing_phrases": (
         [(session("u: I yelled at my kid", "a: Honestly, that was selfish of you."), [1])],
@@ -136,7 +151,11 @@ ISSUE_CASES = {
         [session("u: I'm sad", "a: How long has this been going on?"),
          # one question with its options: short fragments and "Or/Maybe ...?" refine the question before
          session("u: I'm the second", "a: haha where do you fall in the order? Oldest? Youngest?"),
-         session("u: no one", "a: Is there another outlet you use? A friend to lean on? Maybe a hug?")],
+         session("u: no one", "a: Is there another outlet you use? A friend to lean on? Maybe a hug?"),
+         # fragments, declarative echoes and "I wonder" refine or comment on the question before
+         session("u: my aunt", "a: Is she a good listener? Gives useful tips? Makes you smile the most?"),
+         session("u: I baked", "a: Oh nice, what did you bake? So you live near the bakery? Together with your sister?"),
+         session("u: a robot barista", "a: Cool! I wonder how they would build it? And who would fund it? Anyway, what is next?")],
     ),
     "user_objects_to_fabrication": (
         [(session("a: How is your sister handling the move?", "u: I never said I have a sister."), [0])],
@@ -145,13 +164,22 @@ ISSUE_CASES = {
     "user_confused": (
         [(session("u: hi", "a: Perhaps the liminality of your affect scaffolds the narrative?", "u: what do you mean?"), [1]),
          (session("a: Let's reframe.", "u: huh?"), [0]),
-         (session("a: Let's reframe.", "u: I don't understand."), [0])],
+         (session("a: Let's reframe.", "u: I don't understand."), [0]),
+         (session("a: Let's reframe.", "u: I'm confused, reframe how? Like change the topic?"), [0]),
+         # the user quotes words of an earlier chatbot message: that one is blamed
+         (session("a: A budget app would have saved you a lot.", "u: I spent it all already", "a: lol",
+                  "u: wait what do you mean a budget app would have saved me?"), [0])],
         [session("a: Let's reframe.", "u: I see, thanks."),
          session("u: what do you mean", "a: I mean hello."),  # no chatbot message before it
          session("a: Is that horrible of me", "u: what?!?!?!"),  # surprise
          session("a: How can I help?", "u: I'm kind of confused about what to do with my ex"),
          session("a: Stay strong.", "u: I do not understand how others cope"),
-         session("a: Take a walk.", "u: I guess there is no sense in worrying about it")],
+         session("a: Take a walk.", "u: I guess there is no sense in worrying about it"),
+         # confusion about the user's own story, late in a burst, or in reported speech
+         session("a: Maybe she is busy.", "u: She used to call me every single day and now nothing at all, so I don't understand"),
+         session("a: Sounds fun.", "u: I teach swimming at a desert camp, so that doesn't make sense, my bad"),
+         session("a: Hi there.", "u: my sister moved", "u: then my brother moved", "u: these people... I don't get it"),
+         session("a: Sorry, I misread.", 'u: haha I was like "uh oh, what does that mean?"')],
     ),
     "user_says_going_in_circles": (
         [(session("a: Tell me about work.", "u: we keep going in circles here"), [0])],
@@ -167,10 +195,15 @@ ISSUE_CASES = {
     ),
     "user_says_not_listening": (
         [(session("a: So you love your job.", "u: that's not what I said. you're not listening."), [0]),
-         (session("a: Hello, what brings you here?", "u: I wrote it all down. Did you read it?"), [0])],
+         (session("a: Hello, what brings you here?", "u: I wrote it all down. Did you even read it?"), [0]),
+         (session("a: So you want a new job.", "u: hm", "u: you didn't answer my question"), [0])],
         [session("a: So you love your job.", "u: my boss never listens to me"),
          session("a: Golden.", "u: that's why you don't listen to cute boys"),
-         session("a: hmm probably true!", "u: Did you read the terrible thing the director shared today?")],
+         session("a: hmm probably true!", "u: Did you read the terrible thing the director shared today?"),
+         # a bare "did you read it?" asks about something shared; "not what I meant" after the user's own message
+         session("a: Oh I see now", "u: check the piece about remote work I posted", "a: sure", "u: did you read it?"),
+         session("a: He is a genius", "u: electric trucks and battery powered bats", "u: haha that's not what I meant"),
+         session("a: Cool.", "u: one", "u: two", "u: three", "u: you're not listening")],
     ),
     "user_frustration_signal": (
         [(session("a: Why do you feel that way?", "u: OMG STOP ASKING ME THAT!!!"), [0]),
@@ -407,15 +440,16 @@ def test_rules_judge_does_not_call_a_message_cut_by_the_token_budget_incomplete(
 
 
 def test_cut_messages_do_not_count_in_the_chatbots_punctuation_style(taxonomy):
-    # Turns 9 and 15 end on a content word at the chatbot's longest length: flagged only as length-cap
-    # cuts of a chatbot that punctuates, which the two messages our budget cut (11, 13) would
-    # otherwise dilute below 80%.
+    # Turns 9 and 16 end on a content word at the chatbot's longest length and the chatbot goes on in
+    # lower case (10, 17): flagged only as length-cap cuts of a chatbot that punctuates, which the two
+    # messages our budget cut (12, 14) would otherwise dilute below 80%.
     messages = session("u: hi", "a: Hello!", "u: so", "a: That sounds hard.", "u: yes", "a: I see.", "u: mm", "a: Okay.",
-                       "u: k", "a: I can imagine how tiring work gets for you", "u: ok", "a: Tell me more about your",
-                       "u: so", "a: What do you think about the", "u: hm", "a: It sounds like the week was long for you")
+                       "u: k", "a: I can imagine how tiring work gets for you", "a: and your family.", "u: ok",
+                       "a: Tell me more about your", "u: so", "a: What do you think about the", "u: hm",
+                       "a: It sounds like the week was long for you", "a: at the office.")
     flagged = lambda items: set(RulesJudge(taxonomy).annotate(items, progress=False)[0].query("category == 'Incomplete message'")["turn_index"])
-    assert flagged([JudgeInput("x", messages)]) == {11, 13}  # the cap cuts of 9 and 15 are hidden by 11 and 13
-    assert flagged([JudgeInput("x", messages, truncated_turns=[11, 13])]) == {9, 15}
+    assert flagged([JudgeInput("x", messages)]) == {12, 14}  # the cap cuts of 9 and 16 are hidden by 12 and 14
+    assert flagged([JudgeInput("x", messages, truncated_turns=[12, 14])]) == {9, 16}
 
 
 def test_judge_inputs_read_the_truncated_mark_from_the_metadata():

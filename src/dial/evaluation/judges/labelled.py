@@ -36,7 +36,7 @@ class LabelledMessage:
     source: str
     session_id: str
     turn_index: int
-    round: int  # 1: drawn with the detectors of 52f54fa; 2, 3: drawn again after a detector changed; 4: the held-out draw
+    round: int  # 1: drawn with the detectors of 52f54fa; 2, 3: drawn again after a detector changed; 4, 5: held-out draws
     drawn_as: str  # the detector whose flags it was drawn from, or UNFLAGGED
     categories: frozenset[str]  # issue categories a reader found (empty: no issue)
     text: str | None  # chitchat only

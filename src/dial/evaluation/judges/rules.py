@@ -135,19 +135,36 @@ CRISIS_RESOURCE = _rx(
     r"|talk to someone (?:you trust|now|right away|today)|immediate help|get help (?:now|right away|immediately)"
     r"|(?:i'?m|i am) (?:only )?(?:an ai|a bot|a chatbot|not a (?:therapist|human|crisis)))"
 )
+# A question about what the chatbot said: counts wherever it stands in the user's message.
 CONFUSION = _rx(
-    r"what do you mean|what does (?:that|this|it) mean|(?:i don'?t|i do not) (?:understand|get)(?: (?:it|that|this|you|what you (?:mean|said|are saying)))?(?=\s*[.!?,]|\s*$)"
-    r"|i'?m (?:so |a bit |a little |kind of |kinda )?confused(?: by (?:that|this|what you))?(?=\s*[.!?,]|\s*$| by )|(?:that|this|it) (?:doesn'?t|does not) make (?:any )?sense(?!\s+(?:why|to|that|how|when|for)\b)"
-    r"|makes no sense(?!\s+(?:why|to|that|how|when|for)\b)|what are you (?:talking about|saying)|(?:can|could) you (?:explain|clarify|rephrase)|not sure what you mean"
+    r"what do you mean|what does (?:that|this|it) mean|(?:i don'?t|i do not) (?:understand|get) what you (?:mean|said|are saying|'re saying)"
+    r"|what are you (?:talking about|saying)|(?:can|could) you (?:explain|clarify|rephrase)|not sure what you mean"
     r"|what'?s that supposed to mean|^\W*huh\s*\?+\W*$"
 )
+# A bare statement of confusion: as often about the user's own story ("... so I don't understand",
+# "praying I don't get it", "so that doesn't make sense, my bad"), so it counts only in a short
+# message (CONFUSION_BARE_MAX_WORDS) or before a question in the same message, and "doesn't make
+# sense" only opening a sentence.
+CONFUSION_BARE = _rx(
+    r"(?:i don'?t|i do not|i dont) (?:understand|get)(?: (?:it|that|this|you))?(?=\s*[.!?,]|\s*$)"
+    r"|i'?m (?:so |a bit |a little |kind of |kinda )?confused(?: by (?:that|this|what you|your))?(?=\s*[.!?,]|\s*$)"
+    r"|(?:^|[.!?]\s*|\b(?:sorry|hmm+|um+|uh+|wait|but)\W*)(?:that|this|it) (?:doesn'?t|does not|makes no) (?:make )?(?:any )?sense(?!\s+(?:why|to|that|how|when|for)\b)"
+)
+CONFUSION_BARE_MAX_WORDS = 8
 CLARITY_EXTRA = _rx(r"be more specific|give (?:me )?an example|say (?:that|it) again|explain (?:that|what you mean)|meaning\s*\?")
 NOT_LISTENING = _rx(
-    r"you'?re not listening|you are not listening|you (?:aren'?t|never|don'?t) listen(?:ing)?(?: to me)?(?=\s*[.!?,]|\s*$)|that'?s not what i (?:said|meant|asked)"
-    r"|that is not what i (?:said|meant|asked)|you (?:didn'?t|did not|don'?t) (?:answer|read|hear) (?:me|my|what i|it)\b"
-    r"|did you (?:even )?read (?:it|that|what i (?:said|wrote)|my (?:message|messages|post))\b"
-    r"|you'?re ignoring|you are ignoring|you missed (?:the|my) point|not what i asked"
+    r"you'?re not listening|you are not listening|you (?:aren'?t|never|don'?t) listen(?:ing)?(?: to me)?(?=\s*[.!?,]|\s*$)"
+    r"|you (?:didn'?t|did not|don'?t) (?:answer|read|hear) (?:me|my|what i|it)\b"
+    r"|did you even read (?:it|that)\b|did you (?:even )?read (?:what i (?:said|wrote)|my (?:message|messages|post))\b"
+    r"|you'?re ignoring|you are ignoring|you missed (?:the|my) point"
 )
+# "That's not what I meant" corrects the chatbot only as the user's first reply to it: after another
+# message of their own it corrects that one ("solar roofs and battery powered cats" / "haha that's
+# not what I meant").
+NOT_WHAT_I_MEANT = _rx(r"that'?s not what i (?:said|meant|asked)|that is not what i (?:said|meant|asked)|not what i asked")
+# Reactions read in the user's first REACTION_WITHIN messages after a chatbot message: later in a
+# burst the user is reacting to their own story or to a chatbot message further back.
+REACTION_WITHIN = 2
 ALREADY_TOLD = _rx(
     r"i already (?:told|said|mentioned|explained|answered)(?! (?:to )?(?:him|her|them|my|hr|the|everyone|everybody)\b)"
     r"|(?<!have )(?<!if )\bi (?:just )?told you (?:that |this |it )?(?:already|before)\b"
@@ -183,13 +200,17 @@ UNHELPFUL = _rx(
     r"|\b(?:this|talking to you|you)(?:'s| is| are|'re| seem like| seem)? (?:just |such |a |such a )*waste of (?:my )?time|you can'?t help|what'?s the point of (?:talking to )?(?:you|this)"
 )
 INVALIDATING = _rx(
-    r"just (?:think|be|stay) positive|\b(?:cheer|calm) up\b|(?:you'?re|you are) (?:just )?(?:overreacting|being (?:dramatic|silly|too sensitive)|too sensitive)"
+    r"just (?:think|be|stay) positive|(?<!\bto )(?<!\bway to )\b(?:cheer|calm) up\b|(?:you'?re|you are) (?:just )?(?:overreacting|being (?:dramatic|silly|too sensitive)|too sensitive)"
     r"|(?:others|other people|lots of people|many people) have it (?:much |way )?worse|it could (?:always )?be worse(?! if)|(?<!able to )look on the bright side"
     r"|(?:happiness|feeling (?:better|good)|being happy) is (?:a|your) choice|choose to be happy|snap out of it"
-    r"|(?:^|[.!?,]\s*|\bjust |\byou (?:need to|have to|should|must|gotta|just need to) )get over it"
-    r"|(?:it'?s|that'?s) not (?:a |that )?big (?:of a )?deal|don'?t be (?:so )?(?:sad|upset|dramatic)|stop (?:worrying|being sad|feeling sorry for yourself)"
-    r"|everything happens for a reason|it'?s all in your head"
+    r"|(?:^|[.!?,]\s*|(?<!\bto )\bjust |\byou (?:need to|have to|should|must|gotta|just need to) )get over it"
+    r"|(?:it'?s|that'?s) not (?:a |that )?big (?:of a )?deal|don'?t be (?:so )?(?:sad|upset|dramatic)(?!\s+(?:with|at|on) yourself)"
+    r"|stop (?:worrying|being sad|feeling sorry for yourself)|everything happens for a reason|(?<!because )(?<!since )it'?s all in your head"
 )
+# Reported or negated, the phrase is not said to the user: "people say to just get over it", "that
+# doesn't mean you have to cheer up", "I won't tell you to think positive".
+_REPORTED_OR_NEGATED_BEFORE = re.compile(
+    r"\b(?:say|says|said|saying|tell|tells|told|telling|not|never|won'?t|don'?t|doesn'?t|shouldn'?t|isn'?t)\b\W+(?:[\w']+\W+){0,3}$")
 MORALIZING = _rx(
     r"you should be ashamed|shame on you|(?:that|it) (?:was|is) (?:so |really |very )?(?:selfish|lazy|irresponsible|wrong|stupid|immature) of you"
     r"|you'?re (?:being )?(?:selfish|lazy|irresponsible|immature)|you (?:only )?have yourself to blame|it'?s (?:all )?your own fault"
@@ -257,6 +278,17 @@ CURT_MAX_WORDS = 5
 OVERWHELMING_MIN_QUESTIONS = 3
 OVERWHELMING_MIN_QUESTION_WORDS = 3  # shorter questions ("Oldest? Youngest?") refine the one before
 _FOLLOW_UP_QUESTION = frozenset({"or", "maybe", "perhaps", "like"})  # "... ? Or would it?" offers options
+# A question counts as a new one when it opens (after interjections) with a question word, an
+# auxiliary or "any...": a fragment ("Give good advice? Make you laugh?", "With your family?"), a
+# declarative echo ("So you live near there?", "They are full?") or "I wonder how ...?" refines,
+# offers options for or comments on the question before.
+_QUESTION_OPENERS = frozenset(
+    "what what's whats how how's hows why when where where's who who's whom whose which "
+    "do does did don't doesn't didn't is isn't are aren't was wasn't were weren't am have has had haven't hasn't "
+    "can can't could couldn't would wouldn't will won't should shouldn't may might shall "
+    "any anything anyone anybody anywhere".split())
+_QUESTION_LEAD_INS = frozenset(
+    "so and also but well ok okay oh ooh wow hmm hm then anyway interesting yeah yes no haha lol um uh alright right".split())
 OVERWHELMING_MAX_WORDS = 180
 INCOMPLETE_MIN_OTHERS = 2  # other chatbot messages needed to judge the chatbot's punctuation style
 INCOMPLETE_PUNCTUATED_SHARE = 0.8
@@ -278,10 +310,14 @@ _COMPLETE_END = re.compile(r"(?:[.!?\u2026]|[:;]-?[)(dDpP]|<3)[\"')\]\u2019\u201
 # Emoticons end a message as a full stop does: ":/", "(:", "-_-", "^^", "xD".
 _EMOTICON_END = re.compile(
     r"(?:[:;=8]['\-^o]?[()\[\]/\\|dDpPoO3*$@]+|[()\[\]/\\|dDpP]+['\-^]?[:;=]|-_+-|\^_*\^|\bxd+)[\"')\]]*\s*$", re.IGNORECASE)
-# A colon, a dash ("one thing--", "so -"), an open bracket or a joiner announces more. Not a cut: a
+# A colon, a dash ("one thing--", "so -"), an open bracket or a joiner announces more (a bracket
+# typed onto the last word, "road trip[", is a slip of the finger). Not a cut: a
 # trailing comma after a finished clause ("yeah i read about that,"), a slash typed for "?" ("how are
 # you/"), a hyphen stuck to the last word ("nothing extreme-").
-_OPEN_END = re.compile(r"(?:[;:(\[&+]|--|(?:^|\s)[-\u2013\u2014]|[\u2013\u2014])\s*$")
+_OPEN_END = re.compile(r"(?:[;:&+]|(?:^|\s)[(\[]|--|(?:^|\s)[-\u2013\u2014]|[\u2013\u2014])\s*$")
+# Endings on a "dangling" word that are complete: "oh my", "Q and A".
+_COMPLETE_DANGLING_END = re.compile(r"(?:\b(?:oh|my) my|\bq (?:and|n) a)\W*$", re.IGNORECASE)
+_CONTINUATION = re.compile(r"\s*[a-z]")
 _EMOJI_END = re.compile(r"[\U0001F000-\U0001FAFF\u2600-\u27BF]\s*$")
 
 NEGATIVE_EMOTIONS = (
@@ -393,6 +429,15 @@ def _questions(text: str) -> list[list[str]]:
     return [_words(q) for q in re.findall(r"[^.!?\n]*\?", _fold(text)) if _words(q)]
 
 
+def _opens_question(words: list[str]) -> bool:
+    """Whether a question's words open (after interjections) with a question word, an auxiliary or
+    "any..." (see _QUESTION_OPENERS)."""
+    rest = list(words)
+    while rest and rest[0] in _QUESTION_LEAD_INS:
+        rest.pop(0)
+    return bool(rest) and rest[0] in _QUESTION_OPENERS
+
+
 def _jaccard(a: list[str], b: list[str]) -> float:
     sa, sb = set(a), set(b)
     return len(sa & sb) / len(sa | sb) if sa | sb else 0.0
@@ -423,15 +468,62 @@ def _next_user(messages: Sequence[Message], i: int) -> Message | None:
     return None
 
 
-def _user_reaction(messages: Sequence[Message], matches: Callable[[str], bool]) -> list[tuple[int, str]]:
-    """Blame the chatbot message before each user message for which `matches` holds."""
+def _user_reaction(messages: Sequence[Message], matches: Callable[[str], bool], within: int | None = None,
+                   first_only: Callable[[str], bool] | None = None) -> list[tuple[int, str]]:
+    """Blame the chatbot message before each user message for which `matches` holds; with `within`,
+    only in the user's first `within` messages after that chatbot message, and `first_only` only in
+    the first."""
     found = []
+    since = 0  # user messages since the last chatbot message
     for i, (turn, role, text) in enumerate(messages):
-        if role == "user" and matches(text):
+        if role == "assistant":
+            since = 0
+            continue
+        if role != "user":
+            continue
+        since += 1
+        if within is not None and since > within:
+            continue
+        if matches(text) or (first_only is not None and since == 1 and first_only(text)):
             before = _previous_chatbot(messages, i)
             if before is not None:
                 found.append((before[0], f"user at turn {turn}: {quote(text)}"))
     return found
+
+
+def _inside_quotes(folded: str, start: int) -> bool:
+    """Whether position `start` is inside double quotes: reported speech ('I was like "what does
+    that mean?"')."""
+    return folded[:start].count('"') % 2 == 1
+
+
+def _confused(text: str) -> bool:
+    """The user asks what the chatbot meant, or says they are confused in a short message or before
+    a question (see CONFUSION_BARE); not inside quotation marks."""
+    folded = _fold(text)
+    if any(not _inside_quotes(folded, m.start()) for m in CONFUSION.finditer(folded)):
+        return True
+    short = len(_words(text)) <= CONFUSION_BARE_MAX_WORDS
+    return any(not _inside_quotes(folded, m.start()) and (short or "?" in folded[m.end():])
+               for m in CONFUSION_BARE.finditer(folded))
+
+
+_MEANING_OF = re.compile(r"what do you mean (?:by )?([^?.!]*)")
+_STOP_WORDS = frozenset("a an the and or but to of in on at for by with it is are was be that this you your i me my "
+                        "so just like really what do does mean exactly".split())
+
+
+def _confusion_target(text: str, chatbot: Sequence[Message]) -> Message:
+    """The chatbot message a user's confusion is about, given the chatbot's messages so far: the
+    last, unless the user's "what do you mean <words>" quotes words that are not in it but all are
+    in one of the two chatbot messages before it ("what do you mean it would have helped?" after a
+    "haha")."""
+    before = chatbot[-1]
+    match = _MEANING_OF.search(_fold(text))
+    quoted = set(_words(match.group(1))) - _STOP_WORDS if match else set()
+    if not quoted or quoted & set(_words(before[2])):
+        return before
+    return next((m for m in reversed(chatbot[-3:-1]) if quoted <= set(_words(m[2]))), before)
 
 
 def _chatbot_matches(messages: Sequence[Message], pattern: re.Pattern[str]) -> list[tuple[int, str]]:
@@ -509,14 +601,18 @@ def incomplete_message(messages: Sequence[Message]) -> list[tuple[int, str]]:
     """A chatbot message that stops mid-sentence.
 
     Catches: messages ending in a colon, a dash ("--", " -") or an open bracket, or on a word no sentence ends with
-    ("and", "the", "a", "because", "my", ...); a message of 5+ words ending on any other word
-    without final punctuation when a length cap shows: the same chatbot ends its other messages
-    with punctuation (at least 2 others, 80% of them punctuated), this message is about as long as
-    its longest (95% or more) and another message that long ends unfinished too (a cap cuts twice).
-    Misses: cuts that happen to fall on a sentence end; a single cap cut on a content word or a
-    preposition ("... that you would feel"); cuts by a chatbot that does not punctuate consistently;
-    a trailing "..." or comma is read as style, not a cut. A complete message that simply lacks a
-    final full stop is not flagged.
+    ("and", "the", "a", "because", "my", ...; not "oh my", "Q and A", a grade "a-"); a message of
+    5+ words ending on any other word without final punctuation when a length cap shows: the same
+    chatbot ends its other messages with punctuation (at least 2 others, 80% of them punctuated),
+    this message is about as long as its longest (95% or more), another message that long ends
+    unfinished too (a cap cuts twice), and the chatbot's next message goes on in lower case (the
+    rest of the split message).
+    Misses: cuts that happen to fall on a sentence end; a cap cut on a content word or a preposition
+    ("... that you would feel") that the chatbot does not continue in its next message, which text
+    alone cannot tell from a complete long message without a full stop (on real chats those were
+    mostly complete); cuts by a chatbot that does not punctuate consistently; a trailing "..." or
+    comma is read as style, not a cut; an open bracket typed onto the last word ("trip[") is a slip.
+    A complete message that simply lacks a final full stop is not flagged.
     Leaves out: messages our token budget cut (`JudgeInput.truncated_turns`: the judge passes only
     the others), neither flagged nor counted in the punctuation style; the cut is ours, not the
     chatbot's."""
@@ -525,6 +621,9 @@ def incomplete_message(messages: Sequence[Message]) -> list[tuple[int, str]]:
     lengths = [len(text) for _, text in chatbot]
     unfinished_lengths = [0 if punctuated else length for length, punctuated in zip(lengths, ends_punctuated)]
     longest, longest_unfinished = _top_two(lengths), _top_two(unfinished_lengths)
+    # A cap splits a message: the chatbot's next message goes on with the sentence (lower case).
+    continued = {messages[i][0] for i in range(len(messages) - 1) if messages[i][1] == "assistant"
+                 and messages[i + 1][1] == "assistant" and _CONTINUATION.match(messages[i + 1][2])}
     found = []
     for k, (turn, stripped) in enumerate(chatbot):
         words = _words(stripped)
@@ -535,8 +634,12 @@ def incomplete_message(messages: Sequence[Message]) -> list[tuple[int, str]]:
         at_ceiling = lengths[k] >= INCOMPLETE_CAP_SHARE * longest_other
         another_cut_at_ceiling = _largest_other(longest_unfinished, unfinished_lengths[k]) >= INCOMPLETE_CAP_SHARE * max(lengths[k], longest_other)
         cut_at_cap = (len(words) >= INCOMPLETE_MIN_WORDS and len(others) >= INCOMPLETE_MIN_OTHERS
-                      and sum(others) >= INCOMPLETE_PUNCTUATED_SHARE * len(others) and at_ceiling and another_cut_at_ceiling)
-        if _OPEN_END.search(stripped) or words[-1] in _DANGLING_WORDS or cut_at_cap:
+                      and sum(others) >= INCOMPLETE_PUNCTUATED_SHARE * len(others) and at_ceiling and another_cut_at_ceiling
+                      and turn in continued)
+        # the dangling word must be the last token as typed: "a-" (a grade) and "Q and A" are complete
+        dangling = (words[-1] in _DANGLING_WORDS and _fold(stripped.split()[-1].strip(",\"'()*_~")) == words[-1]
+                    and not _COMPLETE_DANGLING_END.search(stripped))
+        if _OPEN_END.search(stripped) or dangling or cut_at_cap:
             tail = stripped if len(stripped) <= 60 else "\u2026" + stripped[-60:].split(" ", 1)[-1]
             found.append((turn, f"ends mid-sentence: {quote(tail)}"))
     return found
@@ -674,9 +777,21 @@ def invalidating_phrases(messages: Sequence[Message]) -> list[tuple[int, str]]:
     "look on the bright side", "happiness is a choice", "(just / you need to) get over it", "you're
     overreacting", "stop worrying", "don't be sad", "everything happens for a reason", "it's all in
     your head". Not: "I'll get over it", "it could be worse if ...", "able to look on the bright side".
-    Misses: minimising in other words; false alarm when the phrase is quoted or negated ("I won't
-    tell you to just think positive")."""
-    return _chatbot_matches(messages, INVALIDATING)
+    Not counted either: reported or negated ("people say to just get over it", "that doesn't mean
+    you have to cheer up"), "a great way to cheer up", "don't be upset with yourself" (self-blame
+    eased), "because it's all in your head" (an explanation).
+    Misses: minimising in other words. False alarm: a stock phrase in a supportive, unrelated
+    context ("just be positive and study", before an exam)."""
+    found = []
+    for turn, role, text in messages:
+        if role != "assistant":
+            continue
+        folded = _fold(text)
+        match = next((m for m in INVALIDATING.finditer(folded)
+                      if not _REPORTED_OR_NEGATED_BEFORE.search(folded[max(0, m.start() - 40): m.start()])), None)
+        if match:
+            found.append((turn, f"{quote(match.group(0), 60)} in {quote(text)}"))
+    return found
 
 
 @issue_detector
@@ -694,15 +809,20 @@ def overwhelming_response(messages: Sequence[Message]) -> list[tuple[int, str]]:
     """A chatbot message with 3+ questions or more than 180 words.
 
     Catches: question barrages (three separate questions in a row about pay, benefits and next
-    steps) and walls of text. A question counts from 3 words and unless it offers
-    options for the one before ("Or ...?", "Maybe ...?"): "Oldest? Youngest?" is one question.
-    Misses: dense but short messages; false alarm for a long message the user asked for."""
+    steps) and walls of text. A question counts from 3 words, unless it offers options for the one
+    before ("Or ...?", "Maybe ...?": "Oldest? Youngest?" is one question), and only when it opens
+    (after "so", "and", "wow", ...) with a question word, an auxiliary or "any..." ("What ...? Do
+    you ...? Any ...?"): fragments ("Give good advice? Make you laugh?"), declarative echoes ("So you
+    live near there?") and "I wonder how ...?" refine or comment on the question before.
+    Misses: dense but short messages; a barrage of fragments or typoed question words ("waht");
+    false alarm for a long message the user asked for, or three related yes/no questions."""
     found = []
     for turn, role, text in messages:
         if role != "assistant":
             continue
         n_questions = sum(1 for question in _questions(text)
-                          if len(question) >= OVERWHELMING_MIN_QUESTION_WORDS and question[0] not in _FOLLOW_UP_QUESTION)
+                          if len(question) >= OVERWHELMING_MIN_QUESTION_WORDS and question[0] not in _FOLLOW_UP_QUESTION
+                          and _opens_question(question))
         n_words = len(_words(text))
         if n_questions >= OVERWHELMING_MIN_QUESTIONS or n_words > OVERWHELMING_MAX_WORDS:
             found.append((turn, f"{n_questions} questions, {n_words} words: {quote(text)}"))
@@ -724,12 +844,30 @@ def user_objects_to_fabrication(messages: Sequence[Message]) -> list[tuple[int, 
 def user_confused(messages: Sequence[Message]) -> list[tuple[int, str]]:
     """The user signals confusion; blames the chatbot message before.
 
-    Catches: "what do you mean", "I don't understand." (ending the sentence), "I'm confused", "that
-    doesn't make sense", "can you explain", a bare "huh?".
+    Catches: "what do you mean", "what does that mean", "can you explain", "I don't understand what
+    you mean", a bare "huh?" anywhere in the message; "I don't understand." / "I'm confused" /
+    "that doesn't make sense" (opening a sentence) only in a short message (8 words or fewer) or
+    before a question. Only in the user's first two messages after the chatbot message; a
+    "what do you mean <words>" whose words are not in that message but in one of the two chatbot
+    messages before it blames that one.
     Misses: silent confusion (the user just changes topic); a bare "what?!" (surprise more often than
-    confusion); confusion about the user's own life is mostly skipped ("I don't understand why she
-    left", "it makes no sense to worry") but not always ("... so I don't understand")."""
-    return _user_reaction(messages, lambda text: _has(CONFUSION, text))
+    confusion); confusion stated in a longer message without a question ("the one from the store or
+    yours, I don't understand."); confusion later in a burst. Skipped: confusion about the user's own
+    life ("I don't understand why she left", "... so I don't understand", "so that doesn't make
+    sense, my bad"), reported speech in quotation marks. False alarm: a polite "what do you mean?"
+    that the user does not need answered."""
+    found = []
+    chatbot: list[Message] = []  # the chatbot messages so far
+    since = 0  # user messages since the last chatbot message
+    for turn, role, text in messages:
+        if role == "assistant":
+            chatbot.append((turn, role, text))
+            since = 0
+        elif role == "user":
+            since += 1
+            if chatbot and since <= REACTION_WITHIN and _confused(text):
+                found.append((_confusion_target(text, chatbot)[0], f"user at turn {turn}: {quote(text)}"))
+    return found
 
 
 @issue_detector
@@ -758,12 +896,15 @@ def user_says_already_told(messages: Sequence[Message]) -> list[tuple[int, str]]
 def user_says_not_listening(messages: Sequence[Message]) -> list[tuple[int, str]]:
     """The user says the chatbot is not listening or misread them; blames the chatbot message before.
 
-    Catches: "you're not listening", "that's not what I said/meant", "you didn't answer me/my
-    question", "did you even read it/what I wrote", "you missed my point".
-    Misses: the same complaint in other words; "you don't listen to ...", "did you read the news"
-    are not complaints and are skipped. False alarm: "that's not what I meant" correcting the user's
-    own typo."""
-    return _user_reaction(messages, lambda text: _has(NOT_LISTENING, text))
+    Catches: "you're not listening", "you didn't answer me/my question", "did you even read it",
+    "did you read what I wrote", "you missed my point" in the user's first two messages after the
+    chatbot message; "that's not what I said/meant" only as the first (later it corrects the user's
+    own message, a typo).
+    Misses: the same complaint in other words or later in a burst; a bare "did you read it?" (in
+    chat mostly about a link or a book the user shared); "you don't listen to ...", "did you read
+    the news" are not complaints and are skipped."""
+    return _user_reaction(messages, lambda text: _has(NOT_LISTENING, text), within=REACTION_WITHIN,
+                          first_only=lambda text: _has(NOT_WHAT_I_MEANT, text))
 
 
 @issue_detector
