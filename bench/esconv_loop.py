@@ -37,7 +37,7 @@ def main() -> None:
         raise SystemExit(f"ESConv not found at {args.esconv}")
     override = {
         "data": {"source": "esconv", "path": str(args.esconv.resolve()), "max_sessions": args.max_sessions},
-        "dial": {"iterations": args.iterations},
+        "dial": {"iterations": args.iterations, "zero_shot": True},  # the baseline, whatever params.yaml says
     }
     with tempfile.TemporaryDirectory(prefix="dial-esconv-") as scratch:
         root = copy_project(REPO, Path(scratch), override)

@@ -1,6 +1,6 @@
 """Benchmark: the whole pipeline, stage by stage, in a scratch copy of the repository.
 
-    python bench/pipeline_bench.py                 # default params.yaml: all stages, 3 DIAL iterations
+    python bench/pipeline_bench.py                 # default params.yaml: all stages (1 DIAL iteration, <= 20 min)
     python bench/pipeline_bench.py --smoke         # the end-to-end test's smoke-sized override
     python bench/pipeline_bench.py --data-only     # base model, then ingest → SFT samples, then a no-op repro
 
