@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file
 
 from dial import io
@@ -273,7 +275,7 @@ def test_sampling_is_balanced_paired_grouped_and_seeded(tiny_tokenizer):
     real_s = pd.concat([real_s, extra], ignore_index=True)
     sim_m = sim_m[sim_m["session_id"] != "sim:toy:bot:r03:0"]
     encoder = SessionEncoder(tiny_tokenizer, "user_only", 256)
-    params = DiscriminatorParams(n_train=7, n_valid=3, seed=5)
+    params = DiscriminatorParams(n_train=7, n_valid=3, seed=5, valid_simulations="paired")
     selection = select_sessions(params, encoder, real_s, real_m, sim_s, sim_m, contexts)
     frame = selection.frame
     for split, n in (("train", 7), ("valid", 3)):
@@ -299,6 +301,31 @@ def test_sampling_is_balanced_paired_grouped_and_seeded(tiny_tokenizer):
     # Fewer pairs than asked for: proportionally fewer, still balanced, never an empty valid split.
     few = select_sessions(DiscriminatorParams(n_train=80, n_valid=20), encoder, real_s, real_m, sim_s, sim_m, contexts)
     assert (few.counts["pairs_train"], few.counts["pairs_valid"]) == (10, 2)
+
+
+def test_all_simulations_of_a_held_out_context_are_held_out_and_the_real_session_weighs_as_many(tiny_tokenizer):
+    real_s, real_m, sim_s, sim_m, contexts = toy_corpus(12, n_sims=3)
+    sim_m = sim_m[sim_m["session_id"] != "sim:toy:bot:r03:0"]  # one simulation without a user message
+    encoder = SessionEncoder(tiny_tokenizer, "user_only", 256)
+    paired = select_sessions(DiscriminatorParams(n_train=7, n_valid=3, seed=5, valid_simulations="paired"),
+                             encoder, real_s, real_m, sim_s, sim_m, contexts)
+    every = select_sessions(DiscriminatorParams(n_train=7, n_valid=3, seed=5, valid_simulations="all"),
+                            encoder, real_s, real_m, sim_s, sim_m, contexts)
+    train = lambda frame: frame[frame["split"] == "train"].reset_index(drop=True)  # noqa: E731
+    pd.testing.assert_frame_equal(train(paired.frame), train(every.frame))  # training is untouched
+    assert (train(every.frame)["weight"] == 1.0).all()
+    valid = every.frame[every.frame["split"] == "valid"]
+    real_valid = valid[valid["is_real"]]
+    assert list(real_valid["session_id"]) == list(paired.frame.query("split == 'valid' and is_real")["session_id"])
+    usable = set(sim_s["session_id"]) & set(sim_m["session_id"])
+    for real_id, weight in zip(real_valid["session_id"], real_valid["weight"]):
+        held_out = valid[~valid["is_real"] & (valid["grounding_session_id"] == real_id)]
+        expected = {sid for sid in usable if sid.startswith(f"sim:toy:bot:{real_id}:")}
+        assert set(held_out["session_id"]) == expected and weight == len(expected)
+        assert (held_out["weight"] == 1.0).all()
+    assert every.counts["sessions_valid"] == len(valid) and every.counts["simulated_sessions_valid"] == (~valid["is_real"]).sum()
+    assert every.counts["simulated_sessions_unused"] == paired.counts["simulated_sessions_unused"] - (len(valid) - 6)
+    assert set(every.ids()["valid"]["simulated"]) == set(valid.loc[~valid["is_real"], "session_id"])
 
 
 # --- training --------------------------------------------------------------------------------------
@@ -351,6 +378,39 @@ def test_binary_metrics_match_hand_computed_values():
     assert binary_metrics([1, 1], [1, 0]) == {"accuracy": 0.5, "f1": pytest.approx(2 / 3, abs=1e-6), "mcc": 0.0, "n": 2, "n_real": 2, "n_simulated": 0}
     assert binary_metrics([0, 0], [0, 0])["f1"] == 0.0
     assert binary_metrics([], [])["accuracy"] is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.booleans(), st.integers(1, 4)), min_size=1, max_size=30))
+def test_weighted_metrics_equal_the_metrics_of_the_examples_repeated_weight_times(examples):
+    y_true, y_pred, weights = (list(column) for column in zip(*examples))
+    weighted = binary_metrics(y_true, y_pred, weights)
+    repeated = binary_metrics(*zip(*[(t, p) for t, p, w in examples for _ in range(w)]))
+    for key in ("accuracy", "f1", "mcc"):
+        assert weighted[key] == pytest.approx(repeated[key], abs=1e-6)
+    assert weighted["n"] == len(examples)  # counts are examples, not weights
+    n_effective = weighted.get("n_effective", len(examples))
+    assert n_effective == pytest.approx(sum(weights) ** 2 / sum(w * w for w in weights), abs=1e-3)
+
+
+def test_weighted_metrics_match_sklearn_sample_weight():
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    y_true, y_pred, weights = [1, 1, 1, 0, 0, 0, 0], [1, 0, 1, 1, 0, 0, 1], [3, 3, 2, 1, 1, 1, 1]
+    metrics = binary_metrics(y_true, y_pred, weights)
+    assert metrics["accuracy"] == pytest.approx(sklearn_metrics.accuracy_score(y_true, y_pred, sample_weight=weights), abs=1e-6)
+    assert metrics["f1"] == pytest.approx(sklearn_metrics.f1_score(y_true, y_pred, sample_weight=weights), abs=1e-6)
+    assert metrics["mcc"] == pytest.approx(sklearn_metrics.matthews_corrcoef(y_true, y_pred, sample_weight=weights), abs=1e-6)
+    with pytest.raises(ValueError, match="one positive weight"):
+        binary_metrics([1, 0], [1, 0], [1, 0])
+
+
+def test_discriminator_metrics_read_the_session_weight():
+    real = pd.DataFrame({"user_turn_number": [1, 2], "logit": [1.0, -1.0], "weight": [3.0, 3.0]})
+    sim = pd.DataFrame({"user_turn_number": [1, 1, 1], "logit": [-1.0, -1.0, 1.0], "weight": [1.0, 1.0, 1.0]})
+    overall = discriminator_metrics(real, sim)["overall"]
+    # real: 1 right, 1 wrong, weight 3 each; simulated: 2 right, 1 wrong → (3 + 2) / (6 + 3)
+    assert overall["accuracy"] == pytest.approx(5 / 9, abs=1e-6) and overall["n"] == 5
+    assert overall["n_effective"] == pytest.approx(81 / 21, abs=1e-3)
 
 
 def test_discriminator_metrics_per_turn_and_overall():

@@ -119,3 +119,17 @@ def test_logistic_regression_stays_finite_on_separable_data():
     weights, bias = fit_logistic_regression(x, y)
     assert np.isfinite(weights).all() and weights[0] > 0 and bias == pytest.approx(0.0, abs=1e-9)
     assert list(x @ weights + bias >= 0) == [False, False, True, True]
+
+
+def test_weighted_accuracy_equals_the_accuracy_of_repeated_sessions():
+    """A real session held out with k simulations weighs k: the same accuracy as repeating it k
+    times, and a Wilson interval over the effective size (wider than the repeated sessions')."""
+    train, valid = _sessions(6, 20, real_bursts=True), _sessions(7, 6, real_bursts=True)
+    weights = [3.0 if is_real else 1.0 for _, is_real in valid]
+    weighted = structure_baseline(train, valid, valid_weights=weights)
+    repeated = structure_baseline(train, [item for item, w in zip(valid, weights) for _ in range(int(w))])
+    assert weighted["accuracy"] == pytest.approx(repeated["accuracy"], abs=1e-6)
+    assert weighted["n"] == len(valid) and weighted["n_effective"] == pytest.approx(24**2 / 60, abs=1e-3)
+    assert weighted["ci_high"] - weighted["ci_low"] > repeated["ci_high"] - repeated["ci_low"]
+    with pytest.raises(ValueError, match="one positive weight"):
+        structure_baseline(train, valid, valid_weights=weights[:-1])

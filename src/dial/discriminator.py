@@ -67,8 +67,13 @@ Sampling (`select_sessions`) — identical conditions for every simulator
     both sides of the split, and each context is seen once as real and once as simulated, so the
     context alone says nothing about the label. Pairs are ordered by a seeded hash of R: the first
     `n_valid` are validation, the next `n_train` training (per class; proportionally fewer, with a
-    warning, when fewer pairs exist). Real sessions that ground no simulation and extra simulations
-    of the same context are unused (counted).
+    warning, when fewer pairs exist). With `valid_simulations: all` (default) a validation pair's
+    context contributes every one of its usable simulations (one per chatbot and simulation index),
+    not only the paired one: three times the held-out simulated sessions for the cost of scoring
+    them. The real session is then paired with each and weighs as many (the `weight` column of the
+    selection and of `valid_scores.csv`), so the metrics are those of the pairs, balanced per
+    context. Training pairs stay one-to-one. Real sessions that ground no simulation and the other
+    simulations of training contexts are unused (counted).
 
 Training: a plain torch loop (AdamW, constant lr, gradient clipping, seeded shuffling), BCE with
 logits on the labelled positions of each batch (mean over positions), bf16 autocast only if
@@ -77,7 +82,8 @@ right padding exact), inference mode, one pass per session.
 
 Metrics (`discriminator_metrics`): positive class = real, a message is predicted real when
 p_real ≥ 0.5 (logit ≥ 0); accuracy, F1 and MCC at user turns 1, 5, 10, 25 and overall over all
-scored user messages of the validation sessions. F1 and MCC are 0 when undefined (sklearn's
+scored user messages of the validation sessions, each weighing its session's weight (`n_effective`,
+Kish's effective sample size, is the n of their Wilson intervals). F1 and MCC are 0 when undefined (sklearn's
 convention: no predicted and no true positive; a margin of the confusion matrix is empty).
 Beside them the report carries `structure_baseline` (`dial.structure_baseline`): a logistic
 regression on the structure alone of the same sessions, cut and split as here, with its 95 % Wilson
@@ -546,23 +552,30 @@ def score_sessions(
 # --------------------------------------------------------------------------------------------
 
 
-def binary_metrics(y_true: Sequence[int], y_pred: Sequence[int]) -> dict:
+def binary_metrics(y_true: Sequence[int], y_pred: Sequence[int], weights: Sequence[float] | None = None) -> dict:
     """accuracy, F1 (positive = 1) and MCC; None when there is no example. F1 / MCC are 0 when
-    undefined (as sklearn)."""
+    undefined (as sklearn). `weights` (one per example, as sklearn's sample_weight) weigh the
+    confusion matrix; n, n_real and n_simulated count examples, and unequal weights add
+    `n_effective`, Kish's effective sample size (Σw)² / Σw², which the Wilson interval uses."""
     y_true = np.asarray(y_true, dtype=bool)
     y_pred = np.asarray(y_pred, dtype=bool)
     n = int(y_true.size)
+    weights = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
+    if weights.shape != (n,) or (weights <= 0).any():
+        raise ValueError("binary_metrics: one positive weight per example")
     counts = {"n": n, "n_real": int(y_true.sum()), "n_simulated": int((~y_true).sum())}
     if n == 0:
         return {"accuracy": None, "f1": None, "mcc": None, **counts}
-    tp = int((y_true & y_pred).sum())
-    tn = int((~y_true & ~y_pred).sum())
-    fp = int((~y_true & y_pred).sum())
-    fn = int((y_true & ~y_pred).sum())
+    if not np.all(weights == weights[0]):
+        counts["n_effective"] = round(float(weights.sum() ** 2 / (weights**2).sum()), 3)
+    tp = float(weights[y_true & y_pred].sum())
+    tn = float(weights[~y_true & ~y_pred].sum())
+    fp = float(weights[~y_true & y_pred].sum())
+    fn = float(weights[y_true & ~y_pred].sum())
     f1_denominator = 2 * tp + fp + fn
-    mcc_denominator = math.sqrt(float(tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    mcc_denominator = math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
     return {
-        "accuracy": round((tp + tn) / n, 6),
+        "accuracy": round((tp + tn) / (tp + tn + fp + fn), 6),
         "f1": round(2 * tp / f1_denominator, 6) if f1_denominator else 0.0,
         "mcc": round((tp * tn - fp * fn) / mcc_denominator, 6) if mcc_denominator else 0.0,
         **counts,
@@ -572,16 +585,21 @@ def binary_metrics(y_true: Sequence[int], y_pred: Sequence[int]) -> dict:
 def discriminator_metrics(scores_real: pd.DataFrame, scores_sim: pd.DataFrame, turns: Sequence[int] = METRIC_TURNS) -> dict:
     """Held-out metrics: {"overall": {...}, "turn_1": {...}, ...}, each with accuracy, f1, mcc, n,
     n_real, n_simulated. Positive = real; predicted real iff p_real >= 0.5 (logit >= 0). Only
-    scored user messages count; a turn without data has n = 0 and null metrics."""
+    scored user messages count; a turn without data has n = 0 and null metrics. A `weight` column
+    (the selection's session weight: a real session held out with k simulations weighs k) weighs
+    each message; without it every message weighs 1."""
     frames = []
     for frame, label in ((scores_real, True), (scores_sim, False)):
         scored = frame[frame["logit"].notna()]
-        frames.append(pd.DataFrame({"turn": scored["user_turn_number"].to_numpy(), "y": label, "pred": scored["logit"].to_numpy() >= 0}))
+        weight = scored["weight"].to_numpy(dtype=np.float64) if "weight" in scored else np.ones(len(scored))
+        frames.append(pd.DataFrame({
+            "turn": scored["user_turn_number"].to_numpy(), "y": label, "pred": scored["logit"].to_numpy() >= 0, "weight": weight,
+        }))
     data = pd.concat(frames, ignore_index=True)
-    result = {"overall": binary_metrics(data["y"], data["pred"])}
+    result = {"overall": binary_metrics(data["y"], data["pred"], data["weight"])}
     for turn in turns:
         at = data[data["turn"] == turn]
-        result[f"turn_{turn}"] = binary_metrics(at["y"], at["pred"])
+        result[f"turn_{turn}"] = binary_metrics(at["y"], at["pred"], at["weight"])
     return result
 
 
@@ -608,7 +626,7 @@ def _split_sizes(n_pairs: int, n_train: int, n_valid: int) -> tuple[int, int]:
 
 @dataclass
 class Selection:
-    frame: pd.DataFrame  # session_id, grounding_session_id, is_real, split ("train"/"valid")
+    frame: pd.DataFrame  # session_id, grounding_session_id, is_real, split ("train"/"valid"), weight
     encoded: dict[str, EncodedSession]
     counts: dict = field(default_factory=dict)
 
@@ -671,9 +689,14 @@ def select_sessions(
     rows = []
     for rank, (_, real_id, sim_id) in enumerate(pairs[: n_valid + n_train]):
         split = "valid" if rank < n_valid else "train"
-        rows.append({"session_id": real_id, "grounding_session_id": real_id, "is_real": True, "split": split})
-        rows.append({"session_id": sim_id, "grounding_session_id": real_id, "is_real": False, "split": split})
-    frame = pd.DataFrame(rows, columns=["session_id", "grounding_session_id", "is_real", "split"])
+        sim_ids = [sim_id]
+        if split == "valid" and params.valid_simulations == "all":
+            sim_ids += [item.session_id for item in sorted(sims_of[real_id], key=lambda item: item.session_id) if item.session_id != sim_id]
+        # The real session is paired with each of its held-out simulations: it weighs as many.
+        rows.append({"session_id": real_id, "grounding_session_id": real_id, "is_real": True, "split": split, "weight": float(len(sim_ids))})
+        for held_out_id in sim_ids:
+            rows.append({"session_id": held_out_id, "grounding_session_id": real_id, "is_real": False, "split": split, "weight": 1.0})
+    frame = pd.DataFrame(rows, columns=["session_id", "grounding_session_id", "is_real", "split", "weight"])
     encoded = {**usable_real, **{item.session_id: item for items in sims_of.values() for item in items}}
     encoded = {session_id: encoded[session_id] for session_id in frame["session_id"]}
 
@@ -694,8 +717,9 @@ def select_sessions(
         "pairs_train": n_train,
         "pairs_valid": n_valid,
         "sessions_train": 2 * n_train,
-        "sessions_valid": 2 * n_valid,
-        "simulated_sessions_unused": int(len(candidates_sim) - len(pairs[: n_valid + n_train])),
+        "sessions_valid": int((frame["split"] == "valid").sum()),
+        "simulated_sessions_valid": int(((frame["split"] == "valid") & ~frame["is_real"]).sum()),
+        "simulated_sessions_unused": int(len(candidates_sim) - (~frame["is_real"]).sum()),
         "user_messages_selected": status_counts(selected),
         "labelled_positions_train": int(sum(item.n_scored for item in selected if split_of[item.session_id] == "train")),
         "labelled_positions_valid": int(sum(item.n_scored for item in selected if split_of[item.session_id] == "valid")),
@@ -723,11 +747,15 @@ def selection_structure_baseline(
     turns_of = {
         session_id: list(zip(group["role"], group["text"])) for session_id, group in ordered.groupby("session_id", sort=False)
     }
-    splits = {"train": [], "valid": []}
-    for session_id, session_is_real, split in selection.frame[["session_id", "is_real", "split"]].itertuples(index=False):
+    splits, valid_weights = {"train": [], "valid": []}, []
+    for session_id, session_is_real, split, weight in selection.frame[["session_id", "is_real", "split", "weight"]].itertuples(index=False):
         turns = cut_after_user_message(turns_of[session_id], selection.encoded[session_id].n_scored)
         splits[split].append((turns, bool(session_is_real)))
-    return structure_baseline(splits["train"], splits["valid"], lambda texts: count_tokens(tokenizer, texts), cap_tokens)
+        if split == "valid":
+            valid_weights.append(float(weight))
+    return structure_baseline(
+        splits["train"], splits["valid"], lambda texts: count_tokens(tokenizer, texts), cap_tokens, valid_weights
+    )
 
 
 @dataclass
@@ -887,6 +915,7 @@ def train_discriminator(
     valid_items = selection.items("valid")
     valid_logits = forward_logits(model, tokenizer, valid_items, params.score_batch_size, precision)
     valid_scores = scores_frame(valid_items, valid_logits, [item.label == REAL for item in valid_items])
+    valid_scores["weight"] = valid_scores["session_id"].map(dict(zip(selection.frame["session_id"], selection.frame["weight"])))
     metrics = discriminator_metrics(valid_scores[valid_scores["is_real"]], valid_scores[~valid_scores["is_real"]])
 
     trainable, total = parameter_counts(model)

@@ -508,7 +508,11 @@ class DiscriminatorParams(Section):
     view: View = "user_only"
     n_layers: int = Field(default=0, ge=0)  # first n decoder layers of the backbone only; 0 = all
     n_train: int = Field(default=64, gt=0)  # training pairs = sessions per class
-    n_valid: int = Field(default=16, ge=0)  # validation pairs = sessions per class
+    n_valid: int = Field(default=16, ge=0)  # validation pairs = real validation sessions
+    # Which simulated sessions of a validation pair's context are held out: paired, the one paired
+    # with the real session; all, every simulation of that context (one per chatbot and simulation
+    # index), each real session then weighing as many times as it has simulations (paired metrics).
+    valid_simulations: Literal["paired", "all"] = "all"
     max_tokens: int = Field(default=2048, ge=16)  # per session, context included (tail messages dropped)
     max_user_turns: int = Field(default=0, ge=0)  # cut both classes after this many user messages; 0 = off
     # Length cap of simulated user messages in tokens, for the structure baseline's at-cap feature;

@@ -29,7 +29,9 @@ Model: features standardised with the train split's mean and standard deviation,
 regression by Newton's method with a small L2 penalty on the weights (finite weights even when the
 classes are separable), predicted real when the logit ≥ 0, as the discriminator. One prediction
 per validation session (the discriminator's last p_t sees the same session); accuracy with its 95 %
-Wilson interval over the n validation sessions. Deterministic: no sampling anywhere.
+Wilson interval over the n validation sessions (weighted as the discriminator's metrics when a real
+session is held out with several simulations: n is then Kish's effective size). Deterministic: no
+sampling anywhere.
 """
 
 from __future__ import annotations
@@ -142,10 +144,13 @@ def structure_baseline(
     valid: Sequence[tuple[Sequence[tuple[str, str]], bool]],
     count_tokens: TokenCounter | None = None,
     cap_tokens: int = 0,
+    valid_weights: Sequence[float] | None = None,
 ) -> dict:
     """Fit on `train` and score `valid`, each a list of (cut session turns, is_real):
     {"accuracy", "ci_low", "ci_high", "n", "features", "train_n"} (accuracy and interval None
-    without validation sessions)."""
+    without validation sessions). `valid_weights` (one per validation session; the discriminator's
+    paired weights) weigh the accuracy; unequal weights add `n_effective` (Kish), the n of the
+    Wilson interval."""
     names = list(STRUCTURE_FEATURES) + ([AT_CAP_FEATURE] if cap_tokens else [])
 
     def matrix(sessions) -> np.ndarray:
@@ -169,7 +174,13 @@ def structure_baseline(
     std[std == 0] = 1.0  # a constant feature stays 0 after centring
     weights, bias = fit_logistic_regression((x_train - mean) / std, y_train)
     predicted_real = ((x_valid - mean) / std) @ weights + bias >= 0
-    correct = int((predicted_real == y_valid).sum())
-    low, high = wilson_interval(correct, len(valid))
-    result.update(accuracy=round(correct / len(valid), 6), ci_low=round(low, 6), ci_high=round(high, 6))
+    weights = np.ones(len(valid)) if valid_weights is None else np.asarray(valid_weights, dtype=np.float64)
+    if weights.shape != (len(valid),) or (weights <= 0).any():
+        raise ValueError("structure_baseline: one positive weight per validation session")
+    accuracy = float(weights[predicted_real == y_valid].sum() / weights.sum())
+    n_effective = float(weights.sum() ** 2 / (weights**2).sum())
+    if not np.all(weights == weights[0]):
+        result["n_effective"] = round(n_effective, 3)
+    low, high = wilson_interval(accuracy * n_effective, n_effective)  # n_effective = n when unweighted
+    result.update(accuracy=round(accuracy, 6), ci_low=round(low, 6), ci_high=round(high, 6))
     return result

@@ -40,3 +40,15 @@ def test_balanced_accuracy_is_the_mean_of_the_class_accuracies_with_a_session_bo
 
 def test_without_both_classes_there_is_no_balanced_accuracy():
     assert discriminator_balanced_accuracy(scores({"r1": [1.0]}, {}), 100, 0, "sft") is None
+
+
+def test_a_weighted_discriminator_accuracy_gets_its_wilson_interval_from_the_effective_size():
+    from dial.evaluation import intervals, stats
+
+    weighted = {"accuracy": 0.6, "n": 40, "n_effective": 25.0}
+    unweighted = {"accuracy": 0.6, "n": 40}
+    intervals._wilson(weighted, "accuracy")
+    intervals._wilson(unweighted, "accuracy")
+    assert (weighted["accuracy_ci_low"], weighted["accuracy_ci_high"]) == pytest.approx(stats.wilson_interval(15.0, 25.0))
+    assert (unweighted["accuracy_ci_low"], unweighted["accuracy_ci_high"]) == pytest.approx(stats.wilson_interval(24, 40))
+    assert weighted["accuracy_ci_high"] - weighted["accuracy_ci_low"] > unweighted["accuracy_ci_high"] - unweighted["accuracy_ci_low"]

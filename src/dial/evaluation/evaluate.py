@@ -244,6 +244,7 @@ def _discriminator(report: dict | None) -> dict | None:
             "accuracy_ci_low": baseline.get("ci_low"),
             "accuracy_ci_high": baseline.get("ci_high"),
             "n": baseline.get("n"),
+            **({"n_effective": baseline["n_effective"]} if "n_effective" in baseline else {}),
         }
     return result
 

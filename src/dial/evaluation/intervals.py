@@ -96,8 +96,13 @@ def _set_interval(target: dict, name: str, interval: tuple[float, float] | None)
 
 
 def _wilson(target: dict, name: str, n_key: str = "n") -> None:
-    value, n = target.get(name), target.get(n_key)
+    """The Wilson interval of a rate over target[n_key] trials, or over the effective sample size
+    `n_effective` when the rate is weighted (a discriminator's paired metrics)."""
+    value, n = target.get(name), target.get("n_effective") or target.get(n_key)
     if value is None or not n or f"{name}_ci_low" in target:  # an interval the report already gives
+        return
+    if "n_effective" in target:
+        _set_interval(target, name, stats.wilson_interval(value * n, n))
         return
     k = int(round(value * n))
     _set_interval(target, name, stats.wilson_interval(k, int(n)))
@@ -179,11 +184,11 @@ def add_intervals(
                     _wilson(entry, "accuracy")
             overall = discriminator.get("overall") or {}
             if overall.get("accuracy") is not None and overall.get("n"):
-                n = int(overall["n"])
-                k = int(round(overall["accuracy"] * n))
+                # Weighted (paired) metrics: the effective sample size, rounded, is the binomial n.
+                n = max(1, int(round(overall.get("n_effective") or overall["n"])))
                 # The replicates of the verdict: binomial draws, the model behind the Wilson interval.
                 rng = stats.stable_rng(seed, name, "discriminator")
-                out["discriminator_accuracy"] = rng.binomial(n, k / n, n_resamples) / n
+                out["discriminator_accuracy"] = rng.binomial(n, overall["accuracy"], n_resamples) / n
 
     _add_divergence_intervals(groups, samples, categories, group_of, kl_smoothing, bce_eps)
 

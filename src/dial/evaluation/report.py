@@ -643,6 +643,9 @@ def render_markdown(metrics: dict, figures: Mapping[str, str], category_simulato
               "[95% Wilson interval over the held-out user messages]."
               + (f" Simulated sessions have at most {limit} user turns: later turns are \"{NOT_SIMULATED}\"." if limit else ""),
               ""]
+    if any(_get(metrics, n, "discriminator", "overall", "n_effective") is not None for n in order):
+        lines += ["Each held-out real session is paired with every simulation of its context (one per chatbot) and weighs",
+                  "as many in acc, F1 and MCC; the Wilson interval uses the effective sample size (Kish) of those weights.", ""]
     if balanced:
         lines += ["Balanced acc: the mean of the accuracy on real and on simulated messages [95% bootstrap over sessions,",
                   "each class on its own]. A constant guess scores 50% on it; plain accuracy rewards always guessing the",

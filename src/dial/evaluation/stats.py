@@ -235,8 +235,9 @@ def _z(probability: float) -> float:
     return NormalDist().inv_cdf(probability)
 
 
-def wilson_interval(k: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float] | None:
-    """Wilson score interval of k successes in n trials; None when n = 0."""
+def wilson_interval(k: float, n: float, confidence: float = CONFIDENCE) -> tuple[float, float] | None:
+    """Wilson score interval of k successes in n trials; None when n = 0. Weighted data pass the
+    weighted rate times the effective sample size as k and that size as n (both may be fractional)."""
     if k < 0 or n < 0 or k > n:
         raise DialError(f"wilson_interval: need 0 <= k <= n (got k={k}, n={n})")
     if n == 0:
