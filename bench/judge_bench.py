@@ -8,7 +8,7 @@
         --out /tmp/heldout.jsonl                 # how the held-out set was drawn (docs/judges.md)
     python bench/judge_bench.py --draw 5 --detectors enabled --per-detector 5 --unflagged 25 --seed 20261208 \
         --out /tmp/heldout2.jsonl                # the fresh held-out draw of round 5 (excludes every labelled file)
-    python bench/judge_bench.py --heldout --firing-rates   # both held-out draws, second rater, firing rates (~1 min)
+    python bench/judge_bench.py --heldout --firing-rates   # both held-out draws, second raters, firing rates (~1 min)
 
 The labelled set (`tests/fixtures/judge_labels.jsonl`, `dial.evaluation.judges.labelled`;
 docs/judges.md says how it was drawn and labelled) holds assistant-side messages of real chats:
@@ -39,6 +39,7 @@ import random
 import sys
 import time
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 from dial.data.chitchat import read_chitchat
@@ -56,7 +57,8 @@ LABELS = REPO / "tests" / "fixtures" / "judge_labels.jsonl"
 ESCONV = REPO.parent / "shared" / "datasets" / "esconv"
 HELDOUT = REPO / "tests" / "fixtures" / "judge_labels_heldout.jsonl"  # round 4 (seed 20261207)
 HELDOUT2 = REPO / "tests" / "fixtures" / "judge_labels_heldout2.jsonl"  # round 5 (seed 20261208), after the detectors it informed changed
-SECOND_RATER = REPO / "tests" / "fixtures" / "judge_labels_second_rater.jsonl"
+SECOND_RATER = REPO / "tests" / "fixtures" / "judge_labels_second_rater.jsonl"  # 60 messages of the design set
+SECOND_RATER_ROUND5 = REPO / "tests" / "fixtures" / "judge_labels_second_rater_round5.jsonl"  # all of round 5
 
 
 # --- formatting ---------------------------------------------------------------------------------
@@ -217,8 +219,10 @@ def cohen_kappa(a: list[bool], b: list[bool]) -> float | None:
     return None if expected == 1 else (observed - expected) / (1 - expected)
 
 
-def agreement_report(first: list[LabelledMessage], second: list[tuple[str, str, int, frozenset[str]]]) -> str:
-    """Per message, any issue vs none: Cohen's kappa, raw agreement, and the disagreements."""
+def agreement_report(first: list[LabelledMessage], second: list[tuple[str, str, int, frozenset[str]]],
+                     set_name: str = "the design set", first_name: str = "design") -> str:
+    """Per message, any issue vs none: Cohen's kappa, raw agreement, and the disagreements (ids and
+    category names only) between a labelled file's rater (`first_name`) and a second rater."""
     stored = {(row.source, row.session_id, row.turn_index): row.categories for row in first}
     pairs = [(key, stored[key], labels) for *key_parts, labels in second for key in [tuple(key_parts)] if key in stored]
     a = [bool(x) for _, x, _ in pairs]
@@ -226,13 +230,25 @@ def agreement_report(first: list[LabelledMessage], second: list[tuple[str, str, 
     kappa = cohen_kappa(a, b)
     same = sum(x == y for x, y in zip(a, b))
     exact = sum(x == y for _, x, y in pairs)
-    lines = [f"second rater: {len(pairs)} messages of the design set relabelled blind; any issue vs none: "
+    lines = [f"second rater: {len(pairs)} messages of {set_name} relabelled blind; any issue vs none: "
              f"Cohen's kappa {'—' if kappa is None else f'{kappa:.2f}'} (n = {len(pairs)}), raw agreement {ratio(same, len(pairs))}; "
-             f"design rater {sum(a)} with an issue, second rater {sum(b)}; same category set {ratio(exact, len(pairs))}"]
+             f"{first_name} rater {sum(a)} with an issue, second rater {sum(b)}; same category set {ratio(exact, len(pairs))}"]
     for key, x, y in pairs:
-        if x != y:
-            lines.append(f"  differ: {key[0]} {key[1]} turn {key[2]}: design {sorted(x) or 'none'} / second {sorted(y) or 'none'}")
+        if bool(x) != bool(y):
+            lines.append(f"  differ: {key[0]} {key[1]} turn {key[2]}: {first_name} {sorted(x) or 'none'} / second {sorted(y) or 'none'}")
+    for key, x, y in pairs:
+        if bool(x) == bool(y) and x != y:
+            lines.append(f"  other categories: {key[0]} {key[1]} turn {key[2]}: {first_name} {sorted(x)} / second {sorted(y)}")
     return "\n".join(lines)
+
+
+def relabelled(labelled: list[LabelledMessage], second: list[tuple[str, str, int, frozenset[str]]]) -> list[LabelledMessage]:
+    """The rows a second rater labelled, with the second rater's categories in place of the file's
+    (how drawn and the stratum sizes kept), so that message_level and stratified_precision measure
+    the judge against the second rater."""
+    theirs = {(source, sid, turn): categories for source, sid, turn, categories in second}
+    return [replace(row, categories=theirs[key]) for row in labelled
+            for key in [(row.source, row.session_id, row.turn_index)] if key in theirs]
 
 
 def stratified_precision(verdicts: dict, labelled: list[LabelledMessage], seed: int = 0, resamples: int = 2000) -> str:
@@ -311,7 +327,9 @@ def firing_rates(esconv_dir: Path, detectors: list[str]) -> tuple[dict[str, dict
 
 def heldout(args, params, taxonomy) -> None:
     """Each held-out file (round 4, then the fresh round 5 when present) on its own: none may share a
-    message with the design set or with another held-out file."""
+    message with the design set or with another held-out file. The round-5 second rater's labels
+    (when present) are compared with the file they all belong to: agreement, and the judge's
+    message-level precision with the second rater's labels as the truth."""
     taken = {(row.source, row.session_id, row.turn_index): args.labels for row in load_labelled_messages(args.labels, taxonomy)}
     files = [path for path in args.heldout_labels if path.is_file()]
     sets = []
@@ -329,6 +347,7 @@ def heldout(args, params, taxonomy) -> None:
         print("## Firing rates of the enabled detectors on all real assistant-side messages\n")
         print(text + "\n")
     covered = {label.name for label in taxonomy.categories if label.detectors}
+    round5 = load_second_rater(args.second_rater_round5, taxonomy) if args.second_rater_round5.is_file() else None
     for path, labelled in sets:
         rounds = sorted({row.round for row in labelled})
         name = f"held-out draw, round {'/'.join(map(str, rounds))} ({path.name})"
@@ -343,9 +362,18 @@ def heldout(args, params, taxonomy) -> None:
         print(heldout_detector_table(verdicts, flags, labelled, category_of, rates))
         print(f"\nrules ({name}): {message_level(verdicts, labelled, covered)}")
         print(f"rules ({name}, population-weighted over the flag strata): message-level precision {stratified_precision(verdicts, labelled)}\n")
+        if round5 and {row[:3] for row in round5} <= set(verdicts):
+            theirs = relabelled(labelled, round5)
+            judged = {(row.source, row.session_id, row.turn_index): verdicts[(row.source, row.session_id, row.turn_index)] for row in theirs}
+            print(f"## Second rater on the {name}\n")
+            print(agreement_report(labelled, round5, set_name=f"the {name}", first_name="first"))
+            print(f"\nrules ({name}), the second rater's labels as the truth: {message_level(judged, theirs, covered)}")
+            print(f"rules ({name}), the first rater's labels as the truth: {message_level(verdicts, labelled, covered)}")
+            print(f"rules ({name}), the second rater's labels, population-weighted: message-level precision "
+                  f"{stratified_precision(judged, theirs)}\n")
     if args.second_rater.is_file():
         design_rows = load_labelled_messages(args.labels, taxonomy)
-        print("\n## Inter-rater agreement\n")
+        print("\n## Inter-rater agreement (design set)\n")
         print(agreement_report(design_rows, load_second_rater(args.second_rater, taxonomy)))
 
 
@@ -366,10 +394,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--unflagged", type=int, default=0,
                         help="--draw: also this many unflagged messages per corpus, strata partitioned (the held-out draw)")
-    parser.add_argument("--heldout", action="store_true", help="instead: the rules judge on the held-out set, and the second rater's agreement")
+    parser.add_argument("--heldout", action="store_true", help="instead: the rules judge on the held-out sets, and the second raters' agreement")
     parser.add_argument("--heldout-labels", type=Path, nargs="+", default=[HELDOUT, HELDOUT2],
                         help="held-out files, each reported on its own (missing ones are skipped); --draw excludes them all")
-    parser.add_argument("--second-rater", type=Path, default=SECOND_RATER)
+    parser.add_argument("--second-rater", type=Path, default=SECOND_RATER, help="--heldout: a second rater's labels of design-set messages")
+    parser.add_argument("--second-rater-round5", type=Path, default=SECOND_RATER_ROUND5,
+                        help="--heldout: a second rater's labels of the round-5 draw (skipped when missing)")
     parser.add_argument("--firing-rates", action="store_true",
                         help="print each enabled detector's share of ALL real assistant messages (both corpora, ~1 min)")
     args = parser.parse_args()

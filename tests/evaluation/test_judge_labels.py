@@ -103,3 +103,12 @@ def test_second_rater_labels_load_with_valid_categories_ids_only(second_rater_fi
     assert {row[:3] for row in rows} <= design
     raw = [json.loads(line) for line in second_rater_file.read_text(encoding="utf-8").splitlines()]
     assert all(set(row) == {"source", "session_id", "turn_index", "categories"} for row in raw)
+
+
+def test_round5_second_rater_labels_cover_the_fresh_draw_ids_only(repo_root, taxonomy):
+    path = repo_root / "tests" / "fixtures" / "judge_labels_second_rater_round5.jsonl"
+    rows = load_second_rater(path, taxonomy)  # raises on an unknown category or any text
+    round5 = load_labelled_messages(repo_root / "tests" / "fixtures" / "judge_labels_heldout2.jsonl", taxonomy)
+    assert sorted(row[:3] for row in rows) == sorted((row.source, row.session_id, row.turn_index) for row in round5)
+    raw = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    assert all(set(row) == {"source", "session_id", "turn_index", "categories"} for row in raw)  # ESConv: CC BY-NC

@@ -81,8 +81,9 @@ def load_labelled_messages(path: Path, taxonomy: Taxonomy) -> list[LabelledMessa
 
 
 def load_second_rater(path: Path, taxonomy: Taxonomy) -> list[tuple[str, str, int, frozenset[str]]]:
-    """A second rater's blind labels of design-set messages (`judge_labels_second_rater.jsonl`:
-    source, session_id, turn_index, categories; no text): (source, session_id, turn, categories)."""
+    """A second rater's blind labels of messages of a labelled file (`judge_labels_second_rater.jsonl`:
+    60 of the design set; `judge_labels_second_rater_round5.jsonl`: all of round 5): rows of source,
+    session_id, turn_index, categories, no text; returned as (source, session_id, turn, categories)."""
     rows = []
     for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
