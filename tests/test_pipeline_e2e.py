@@ -121,6 +121,22 @@ def test_simulated_sessions_are_readable(workspace):
     assert "simulator sft" in shown and "stop " in shown and "USER" in shown
 
 
+def test_evaluate_chatbot_runs_the_trained_simulator_against_two_chatbots(workspace, tmp_path):
+    """`dial evaluate-chatbot` on the trained sft simulator: the A/B of two chatbots, the simulated
+    users' errors and goal alignment, and the sessions and judgements written to --out."""
+    root, _ = workspace
+    out = tmp_path / "ab"
+    printed = run(["dial", "evaluate-chatbot", "--chatbot", "supportive", "--chatbot", "replay", "--simulator", "sft",
+                   "--n-contexts", "2", "--out", str(out)], root).stdout
+    assert "simulator sft, judge rules, 4 sessions" in printed
+    assert "A/B supportive → replay" in printed and "simulator errors:" in printed
+    assert "goal alignment (UGST, rules tracker):" in printed and "per chatbot: replay" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["chatbots"]) == {"supportive", "replay"} and summary["goals"]["n_sessions"] + summary["goals"]["n_sessions_without_goal"] == 4
+    for name in ("sessions", "messages", "simulations", "issues", "user_actions", "goal_states"):
+        assert (out / f"{name}.parquet").is_file()
+
+
 def test_second_repro_is_a_no_op(workspace):
     root, _ = workspace
     again = run(["dvc", "repro"], root)

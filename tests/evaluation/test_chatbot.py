@@ -97,3 +97,36 @@ def test_simulated_sessions_are_read_against_the_context_that_grounded_them():
     frame = simulated_session_errors(sessions, messages, simulations, contexts).set_index("session_id")
     assert frame.loc["s1", "verbatim_context"] == 1 and not frame.loc["s1", "ended_mid_task"]
     assert frame.loc["s2", "verbatim_context"] == 0 and frame.loc["s2", "ended_mid_task"]  # ended in its first turn
+
+
+def test_goal_alignment_of_the_simulated_users_overall_and_per_chatbot():
+    from dial.evaluation.chatbot import chatbot_goal_summary
+    from dial.evaluation.goals import RulesGoalTracker
+
+    sessions = pd.DataFrame({"session_id": ["s1", "s2", "s3"], "chatbot_id": ["ctrl", "ctrl", "treat"]})
+    said = {"s1": "i lost my job and my landlord wants rent", "s2": "hello there", "s3": "lost the job, landlord wants the rent"}
+    messages = pd.DataFrame(
+        [(sid, t, role, text) for sid, line in said.items() for t, role, text in ((0, "user", line), (1, "assistant", "I see"))],
+        columns=["session_id", "turn_index", "role", "text"],
+    )
+    simulations = pd.DataFrame({"session_id": ["s1", "s2", "s3"], "real_session_id": ["r1", "r1", "r1"]})
+    contexts = pd.DataFrame({"session_id": ["r1"], "profile": [""], "current_summary": [
+        "The user's situation, in their own words before the chat: lost my job and my landlord wants rent"]})
+    summary, states = chatbot_goal_summary(sessions, messages, simulations, contexts, RulesGoalTracker(), 200, 0, "sft")
+    assert summary["tracker"] == "rules" and summary["n_sessions"] == 3
+    assert summary["rate"] == pytest.approx(2 / 3)  # s1 and s3 raise every cue of the one objective, s2 none
+    assert summary["per_chatbot"]["ctrl"]["rate"] == pytest.approx(0.5) and summary["per_chatbot"]["ctrl"]["n_sessions"] == 2
+    assert summary["per_chatbot"]["treat"]["rate"] == 1.0 and summary["per_chatbot"]["treat"]["n_sessions"] == 1
+    assert summary["rate_ci_low"] <= summary["rate"] <= summary["rate_ci_high"]
+    assert set(states["session_id"]) == {"s1", "s2", "s3"}
+    text = render_summary({"simulator": "sft", "judge": "rules", "sessions": 3, "stop_reasons": {"max_turns": 3}, "chatbots": {},
+                           "goals": summary})
+    line = next(line for line in text.splitlines() if line.startswith("goal alignment"))
+    assert "(UGST, rules tracker): 66.67% [" in line and "3 sessions (0 without a goal)" in line
+    assert "per chatbot: ctrl 50.00% [" in line and "treat 100.00%" in line
+
+
+def test_no_issue_at_all_gives_zero_rates_not_an_error():
+    sessions, messages, issues, item_sessions = frames()
+    summary = chatbot_issue_summary(messages, sessions, issues.iloc[0:0], item_sessions, n_resamples=50)
+    assert summary["ctrl"]["k"] == 0 and summary["ctrl"]["rate"] == 0.0 and summary["treat"]["categories"] == {}

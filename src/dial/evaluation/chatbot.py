@@ -9,7 +9,9 @@ second the treatment of a two-proportion z-test (the paper's A/B replication, ta
 The simulated users are checked too (`dial.evaluation.simulator_errors`: role breaks, context
 copied verbatim, a profile contradicted, ending mid-task): the simulator's error rate, and each
 chatbot's issue rate again without the sessions the simulator broke, so that a chatbot is not
-blamed for answering a user who spoke as the assistant.
+blamed for answering a user who spoke as the assistant. Their goal alignment (UGST,
+`dial.evaluation.goals`, by the judge's backend: the LLM with `openai`, the rules otherwise) says
+how far each simulated user pursued the goal of the real user it plays, overall and per chatbot.
 
 With `--n-simulations` k > 1 each chatbot's issue rate is also given per run (run j: every
 context's j-th simulation) with the spread across runs (min, max, std with a 95 % bootstrap over
@@ -27,7 +29,7 @@ import pandas as pd
 
 from dial import io, paths
 from dial.errors import DialError
-from dial.evaluation import intervals, seed_variance, simulator_errors, stats
+from dial.evaluation import goals, intervals, seed_variance, simulator_errors, stats
 from dial.evaluation.structure import simulated_ended
 from dial.evaluation.judges import build_judge, judge_inputs
 from dial.evaluation.taxonomy import load_taxonomy
@@ -56,7 +58,8 @@ def chatbot_issue_summary(
     chatbot_messages["chatbot_id"] = chatbot_messages["session_id"].astype(str).map(chatbot_of)
     found = issues.assign(session_id=issues["item_id"].map(item_sessions))
     role_of = {(str(s), int(t)): r for s, t, r in zip(messages["session_id"], messages["turn_index"], messages["role"])}
-    found = found[[role_of.get((s, int(t))) == "assistant" for s, t in zip(found["session_id"], found["turn_index"])]]
+    on_chatbot = np.array([role_of.get((s, int(t))) == "assistant" for s, t in zip(found["session_id"], found["turn_index"])], dtype=bool)
+    found = found.loc[on_chatbot]  # a boolean array: an empty list would select no column instead (no issue at all)
     found = found.assign(chatbot_id=found["session_id"].map(chatbot_of))
     summary = {}
     for chatbot_id, own in chatbot_messages.groupby("chatbot_id", sort=True):
@@ -100,6 +103,33 @@ def simulated_session_errors(
     return simulator_errors.per_session(
         messages, simulator_errors.contexts_of(grounding, contexts), simulated_ended(simulations), sessions["session_id"]
     )
+
+
+def chatbot_goal_summary(
+    sessions: pd.DataFrame,
+    messages: pd.DataFrame,
+    simulations: pd.DataFrame,
+    contexts: pd.DataFrame,
+    tracker,
+    n_resamples: int,
+    seed: int,
+    simulator_id: str,
+) -> tuple[dict, pd.DataFrame]:
+    """Goal alignment (UGST, `dial.evaluation.goals`) of the simulated users, each session against
+    the goal of the real session that grounds it: over all sessions and per chatbot (the sessions
+    that chatbot answered), with 95 % bootstrap intervals over sessions. Returns (summary, the
+    goal states)."""
+    states = goals.group_goal_states(sessions, messages, simulations, contexts, tracker)
+    ids = sessions["session_id"].astype(str)
+    summary = goals.summarise(states, list(ids), n_resamples, seed, simulator_id, tracker.name)
+    summary["per_chatbot"] = {}
+    chatbot_of = sessions["chatbot_id"].fillna("").astype(str)
+    for chatbot in sorted(set(chatbot_of)):
+        own = list(ids[chatbot_of == chatbot])
+        summary["per_chatbot"][chatbot] = goals.summarise(
+            states[states["session_id"].isin(set(own))], own, n_resamples, seed, f"{simulator_id}:{chatbot}", tracker.name
+        )
+    return summary, states
 
 
 def evaluate_chatbots(
@@ -154,6 +184,11 @@ def evaluate_chatbots(
     with build_judge(params.judge, taxonomy) as judge:
         issues, user_actions = judge.annotate(items, progress=progress)
 
+    tracker = goals.build_goal_tracker(params.judge)
+    goal_summary, goal_states = chatbot_goal_summary(
+        sim_sessions, sim_messages, simulations, contexts, tracker, params.evaluate.bootstrap_samples, params.evaluate.seed,
+        simulator_id,
+    )
     error_sessions = simulated_session_errors(sim_sessions, sim_messages, simulations, contexts)
     broken = set(error_sessions.loc[error_sessions["flagged"].astype(bool), "session_id"])
     per_chatbot = chatbot_issue_summary(
@@ -169,6 +204,7 @@ def evaluate_chatbots(
             error_sessions, params.evaluate.bootstrap_samples, params.evaluate.seed, simulator_id
         ),
         "chatbots": per_chatbot,
+        "goals": goal_summary,
     }
     if len(chatbot_names) == 2:
         control, treatment = (per_chatbot.get(name, {"k": 0, "n": 0}) for name in chatbot_names)
@@ -184,6 +220,7 @@ def evaluate_chatbots(
         io.SIMULATIONS.write(simulations, out_dir / "simulations.parquet")
         io.ISSUES.write(issues, out_dir / "issues.parquet")
         io.USER_ACTIONS.write(user_actions, out_dir / "user_actions.parquet")
+        io.GOAL_STATES.write(goal_states.assign(group=simulator_id, tracker=tracker.name), out_dir / "goal_states.parquet")
         io.write_json_atomic(out_dir / "summary.json", result)
     return result
 
@@ -200,6 +237,17 @@ def render_summary(result: dict) -> str:
             f"{_percent_with_interval(errors, 'session_rate')} of {errors['n_sessions']} sessions ({errors['sessions_flagged']}); "
             f"role break {by_message['role_break']}, context copied {by_message['verbatim_context']}, "
             f"contradicts profile {by_message['contradicts_profile']} messages; ended mid-task {by_session['ended_mid_task']} sessions",
+            "",
+        ]
+    goal = result.get("goals")
+    if goal:
+        per_chatbot = "; ".join(
+            f"{name} {_percent_with_interval(entry, 'rate')} ({entry['n_sessions']})" for name, entry in goal.get("per_chatbot", {}).items()
+        )
+        lines += [
+            f"goal alignment (UGST, {goal['tracker']} tracker): {_percent_with_interval(goal, 'rate')} of the goal's sub-components "
+            f"reached per session, {goal['n_sessions']} sessions ({goal['n_sessions_without_goal']} without a goal)"
+            + (f"; per chatbot: {per_chatbot}" if per_chatbot else ""),
             "",
         ]
     lines.append(f"{'chatbot':<20} {'sessions':>8} {'messages':>8} {'issue rate [95% CI]':>26} {'± se':>7}"
