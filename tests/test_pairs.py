@@ -12,6 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dial import io, schemas
 from dial.discriminator import MANIFEST, SELECTION_FILE, DiscriminatorParams, SessionEncoder, new_discriminator, score_sessions
@@ -20,9 +22,11 @@ from dial.pairs import (
     CANDIDATE_COLUMNS,
     CANDIDATE_STATUSES,
     CHOSEN_NOT_POSITIVE,
+    DROP_REASONS,
     DUPLICATE,
     EMPTY,
     KEPT,
+    NO_LENGTH_MATCH,
     OVER_DISCRIMINATOR_BUDGET,
     OVER_MAX_TOKENS,
     PAIR_COLUMNS,
@@ -520,3 +524,38 @@ def test_run_pairs_samples_alternatives_on_a_served_simulator(discriminator, tin
     assert report["candidates"] == 4 * report["critical_points"]["total"] > 0
     assert requests == report["candidates"]
     assert len(io.PAIR_CANDIDATES.read(tmp_path / "out" / "candidates.parquet")) == report["candidates"]
+
+
+def test_a_length_matched_rejected_is_the_lowest_reward_within_the_ratio():
+    texts = ["one two three four five six", "no", "one two three four", "a b c d e f g h i j k l", "x y z w v"]
+    rewards = [2.0, -3.0, -1.0, -2.5, 0.5]
+    # Without the ratio the rejected is the one-word text (-3.0): a length contrast.
+    assert select_pair(candidates_of(texts, rewards=rewards)).rejected_index == 1
+    # Within 1.5x of the chosen 6 words (4..9 words): "one two three four" (-1.0) and "x y z w v" (0.5).
+    choice = select_pair(candidates_of(texts, rewards=rewards), max_length_ratio=1.5)
+    assert (choice.outcome, choice.chosen_index, choice.rejected_index, choice.rejected_reward) == (KEPT, 0, 2, -1.0)
+    # Within 1.1x (6..6 words) no other candidate: dropped with its own reason.
+    assert select_pair(candidates_of(texts, rewards=rewards), max_length_ratio=1.1).outcome == NO_LENGTH_MATCH
+    assert NO_LENGTH_MATCH in DROP_REASONS
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 30), st.floats(-5, 5, allow_nan=False)), min_size=2, max_size=8),
+       st.floats(1.0, 4.0))
+def test_a_length_matched_pair_is_always_within_the_ratio(candidates, ratio):
+    texts = [" ".join(["word"] * n) + f" {'z' * (i + 1)}" for i, (n, _) in enumerate(candidates)]  # distinct, n + 1 words
+    choice = select_pair(candidates_of(texts, rewards=[r for _, r in candidates]), require_opposite_signs=False, max_length_ratio=ratio)
+    if choice.outcome in (KEPT, REWARDS_TIED):
+        chosen, rejected = candidates[choice.chosen_index][0] + 1, candidates[choice.rejected_index][0] + 1
+        assert rejected <= chosen * ratio and chosen <= rejected * ratio
+        assert choice.chosen_reward >= choice.rejected_reward
+
+
+def test_a_length_ratio_below_one_is_refused():
+    from pydantic import ValidationError
+
+    from dial.params import PairsParams
+
+    with pytest.raises(ValidationError, match="max_length_ratio"):
+        PairsParams(max_length_ratio=0.5)
+    assert PairsParams(max_length_ratio=1.5).max_length_ratio == 1.5

@@ -73,7 +73,8 @@ For simulator S and the discriminator D_S trained on S's sessions:
    one way), and if the prompt plus the longer completion fit `max_tokens` (the DPO sample
    length; counted with the simulator's chat template). Each point has one outcome: `kept` or the
    first failing reason of too_few_scored_candidates (< 2 distinct scored texts),
-   chosen_reward_not_positive, rejected_reward_not_negative, rewards_tied (without the sign
+   no_length_matched_rejected (with `max_length_ratio`: no other candidate within that factor of
+   the chosen one's word count), chosen_reward_not_positive, rejected_reward_not_negative, rewards_tied (without the sign
    filter), over_max_tokens.
 
 Outputs: `candidates.parquet` (`pair_candidates`: every candidate of every point, with its status,
@@ -147,7 +148,8 @@ CHOSEN_NOT_POSITIVE = "chosen_reward_not_positive"
 REJECTED_NOT_NEGATIVE = "rejected_reward_not_negative"
 REWARDS_TIED = "rewards_tied"
 OVER_MAX_TOKENS = "over_max_tokens"
-DROP_REASONS = (TOO_FEW_SCORED, CHOSEN_NOT_POSITIVE, REJECTED_NOT_NEGATIVE, REWARDS_TIED, OVER_MAX_TOKENS)
+NO_LENGTH_MATCH = "no_length_matched_rejected"
+DROP_REASONS = (TOO_FEW_SCORED, NO_LENGTH_MATCH, CHOSEN_NOT_POSITIVE, REJECTED_NOT_NEGATIVE, REWARDS_TIED, OVER_MAX_TOKENS)
 
 CANDIDATE_COLUMNS = [
     "session_id", "turn_index", "user_turn_number", "kind", "candidate_index", "text", "status", "logit",
@@ -486,13 +488,22 @@ class PairChoice:
     rejected_reward: float = math.nan
 
 
-def select_pair(candidates: pd.DataFrame, require_opposite_signs: bool = True) -> PairChoice:
+def word_count(text: str) -> int:
+    """Words of a candidate (`summarise.words`, the report's words per message), at least 1."""
+    from dial.summarise import words
+
+    return max(1, len(words(text)))
+
+
+def select_pair(candidates: pd.DataFrame, require_opposite_signs: bool = True, max_length_ratio: float = 0.0) -> PairChoice:
     """Chosen / rejected among one point's candidates (columns candidate_index, text, status,
     reward): only `scored` rows with distinct texts count (a repeated text keeps its lowest
     candidate_index). chosen = highest reward, rejected = lowest among the rest; ties go to the
-    lower candidate_index. Kept iff r_chosen > 0 and r_rejected < 0 (the paper's filter), or, with
-    `require_opposite_signs=False`, iff r_chosen > r_rejected. The token budget is checked later
-    (`build_pairs`)."""
+    lower candidate_index. With `max_length_ratio` r > 0 the rejected one is the lowest among the
+    rest whose word count is within a factor r of the chosen one's (none: no_length_matched_rejected),
+    so that a pair contrasts what is said rather than how much. Kept iff r_chosen > 0 and
+    r_rejected < 0 (the paper's filter), or, with `require_opposite_signs=False`, iff r_chosen >
+    r_rejected. The token budget is checked later (`build_pairs`)."""
     scored = candidates[(candidates["status"] == SCORED) & np.isfinite(candidates["reward"].astype("float64"))]
     scored = scored.sort_values("candidate_index", kind="stable").drop_duplicates("text", keep="first")
     if len(scored) < 2:
@@ -500,6 +511,12 @@ def select_pair(candidates: pd.DataFrame, require_opposite_signs: bool = True) -
     scored = scored.reset_index(drop=True)
     chosen = scored.sort_values(["reward", "candidate_index"], ascending=[False, True], kind="stable").index[0]
     rest = scored.drop(index=chosen)
+    if max_length_ratio > 0:
+        chosen_words = word_count(scored.loc[chosen, "text"])
+        rest_words = np.array([word_count(text) for text in rest["text"]], dtype=np.float64)
+        rest = rest[(rest_words <= chosen_words * max_length_ratio) & (rest_words * max_length_ratio >= chosen_words)]
+        if rest.empty:
+            return PairChoice(NO_LENGTH_MATCH)
     rejected = rest.sort_values(["reward", "candidate_index"], ascending=[True, True], kind="stable").index[0]
     chosen_row, rejected_row = scored.loc[chosen], scored.loc[rejected]
     choice = dict(
@@ -524,6 +541,7 @@ def build_pairs(
     tokenizer,
     max_tokens: int,
     require_opposite_signs: bool = True,
+    max_length_ratio: float = 0.0,
 ) -> tuple[pd.DataFrame, list[str]]:
     """The kept preference pairs (PAIR_COLUMNS) and every point's outcome. Token counts use the
     simulator's chat template: the prompt with its generation prompt, each completion as the
@@ -538,7 +556,7 @@ def build_pairs(
         if group["status"].isin(_NOT_SAMPLED).any():
             outcomes.append(OVER_MAX_TOKENS)
             continue
-        choice = select_pair(group, require_opposite_signs)
+        choice = select_pair(group, require_opposite_signs, max_length_ratio)
         outcomes.append(choice.outcome)
         if choice.outcome == KEPT:
             text_of = dict(zip(group["candidate_index"], group["text"]))
@@ -717,7 +735,8 @@ def make_pairs(
         log.info("pairs: alternatives scored in %.1f s", time.perf_counter() - started)
         _log_prefix_agreement(rewards, candidates)
         pairs, outcomes = build_pairs(
-            points, candidates, prompt_tokens, simulator.tokenizer, params.max_tokens, params.require_opposite_signs
+            points, candidates, prompt_tokens, simulator.tokenizer, params.max_tokens, params.require_opposite_signs,
+            params.max_length_ratio,
         )
     else:
         candidates, prompt_tokens = _candidates_frame([]), []

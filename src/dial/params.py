@@ -463,10 +463,19 @@ class PairsParams(Section):
     # The paper's filter keeps a pair only if r_chosen > 0 > r_rejected; false keeps any pair with
     # r_chosen > r_rejected (a small or one-sided discriminator can leave the paper's filter empty).
     require_opposite_signs: bool = True
+    # > 0: the rejected alternative must be within this factor of the chosen one's word count (a
+    # pair then contrasts content, not length); 0 = off, the paper's lowest-reward rejected.
+    max_length_ratio: float = Field(default=0.0, ge=0.0)
     # Critical points only in sessions the discriminator did not train on (it memorises those).
     exclude_discriminator_train: bool = True
     precision: Precision = "auto"  # simulator and discriminator inference
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _ratio_is_a_factor(self) -> "PairsParams":
+        if 0 < self.max_length_ratio < 1:
+            raise ValueError("pairs.max_length_ratio is a factor >= 1 (e.g. 1.5: within 50 % of the chosen length), or 0 = off")
+        return self
 
 
 LossType = Literal["sigmoid", "hinge", "ipo", "sigmoid_norm", "bco_pair", "nca_pair"]
