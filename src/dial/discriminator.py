@@ -109,6 +109,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from dial.errors import DialError
+from dial.evaluation.stats import effective_sample_size
 from dial.stage import is_main_process, launched_distributed  # noqa: F401 (is_main_process: re-exported)
 from dial.models import quiet_peft_deprecation
 from dial.params import DiscriminatorParams, LoraParams, Precision, View  # noqa: F401 (re-exported)
@@ -567,7 +568,7 @@ def binary_metrics(y_true: Sequence[int], y_pred: Sequence[int], weights: Sequen
     if n == 0:
         return {"accuracy": None, "f1": None, "mcc": None, **counts}
     if not np.all(weights == weights[0]):
-        counts["n_effective"] = round(float(weights.sum() ** 2 / (weights**2).sum()), 3)
+        counts["n_effective"] = round(effective_sample_size(weights), 3)
     tp = float(weights[y_true & y_pred].sum())
     tn = float(weights[~y_true & ~y_pred].sum())
     fp = float(weights[~y_true & y_pred].sum())

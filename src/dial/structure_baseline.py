@@ -40,7 +40,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from dial.evaluation.stats import wilson_interval
+from dial.evaluation.stats import effective_sample_size, wilson_interval
 from dial.summarise import words
 
 STRUCTURE_FEATURES = (
@@ -178,7 +178,7 @@ def structure_baseline(
     if weights.shape != (len(valid),) or (weights <= 0).any():
         raise ValueError("structure_baseline: one positive weight per validation session")
     accuracy = float(weights[predicted_real == y_valid].sum() / weights.sum())
-    n_effective = float(weights.sum() ** 2 / (weights**2).sum())
+    n_effective = effective_sample_size(weights)
     if not np.all(weights == weights[0]):
         result["n_effective"] = round(n_effective, 3)
     low, high = wilson_interval(accuracy * n_effective, n_effective)  # n_effective = n when unweighted

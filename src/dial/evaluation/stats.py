@@ -249,6 +249,13 @@ def wilson_interval(k: float, n: float, confidence: float = CONFIDENCE) -> tuple
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def effective_sample_size(weights: np.ndarray | Sequence[float]) -> float:
+    """Kish's effective sample size of weighted observations, (Σw)² / Σw²: n when the weights are
+    equal, less when they are not. The n of a Wilson interval of a weighted rate."""
+    weights = np.asarray(weights, dtype=np.float64)
+    return float(weights.sum() ** 2 / (weights**2).sum()) if weights.size else 0.0
+
+
 def stable_rng(seed: int, *labels: str) -> np.random.Generator:
     """A generator seeded by `seed` and labels (a group name, a metric family): the draws of one
     group do not depend on which other groups exist or in what order they are measured."""
