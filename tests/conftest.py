@@ -117,7 +117,7 @@ def tiny_corpus(n: int = 600, seed: int = 0) -> list[str]:
     return sentences
 
 
-def build_tiny_tokenizer():
+def build_tiny_tokenizer(vocab_size: int = TINY_VOCAB_SIZE):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -127,7 +127,7 @@ def build_tiny_tokenizer():
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=TINY_VOCAB_SIZE,
+        vocab_size=vocab_size,
         special_tokens=TINY_SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
@@ -144,17 +144,19 @@ def build_tiny_tokenizer():
     )
 
 
-def build_tiny_model_dir(out_dir: Path, seed: int = 0) -> Path:
+def build_tiny_model_dir(
+    out_dir: Path, seed: int = 0, vocab_size: int = TINY_VOCAB_SIZE, hidden_size: int = 32, num_hidden_layers: int = 2
+) -> Path:
     """Write the tiny tokenizer + randomly initialised 2-layer Llama into `out_dir` (deterministic)."""
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = build_tiny_tokenizer(vocab_size)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_hidden_layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=TINY_MAX_POSITIONS,

@@ -5,6 +5,7 @@ that learns and is deterministic, metrics against hand-computed values."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -35,10 +36,14 @@ from dial.discriminator import (
     load_backbone,
     load_discriminator,
     new_discriminator,
+    resolve_backbone,
     score_sessions,
     select_sessions,
     train_discriminator,
 )
+from dial.errors import DialError
+from dial.models import load_tokenizer
+from dial.training.common import sha256_dir
 
 torch.set_num_threads(1)
 
@@ -329,6 +334,55 @@ def test_all_simulations_of_a_held_out_context_are_held_out_and_the_real_session
 
 
 # --- training --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def other_backbone_dir(tmp_path_factory):
+    """A decoder that is not the simulator's base: wider, deeper, with a smaller vocabulary."""
+    from conftest import build_tiny_model_dir
+
+    return build_tiny_model_dir(tmp_path_factory.mktemp("other_backbone") / "model", seed=5, vocab_size=700,
+                                hidden_size=48, num_hidden_layers=3)
+
+
+def test_a_backbone_of_its_own_trains_scores_and_reloads_from_its_manifest(tiny_model_dir, other_backbone_dir, tmp_path):
+    real_s, real_m, sim_s, sim_m, contexts = toy_corpus(14)
+    params = tiny_params(backbone=str(other_backbone_dir))
+    result = train_discriminator(params, real_s, real_m, sim_s, sim_m, contexts, tiny_model_dir, tmp_path / "d", progress=False)
+    assert result.metrics["overall"]["accuracy"] == 1.0  # the separable task, read by the other decoder
+
+    manifest = json.loads((tmp_path / "d" / MANIFEST).read_text())
+    assert manifest["base_model"] == other_backbone_dir.as_posix()
+    assert manifest["simulator_base_model"] == tiny_model_dir.as_posix()
+    assert manifest["base_model_sha256"] == sha256_dir(other_backbone_dir)
+    # Reloaded on the backbone its manifest names, even when given the simulator's base (as the pairs stage does).
+    model, tokenizer, _ = load_discriminator(tmp_path / "d", tiny_model_dir)
+    assert model.config.hidden_size == 48 and model.config.num_hidden_layers == 3
+    assert len(tokenizer) == len(load_tokenizer(other_backbone_dir)) != len(load_tokenizer(tiny_model_dir))
+    valid_ids = set(result.selection.loc[result.selection["split"] == "valid", "session_id"])
+    sessions = pd.concat([real_s, sim_s])
+    rescored = score_sessions(model, tokenizer, sessions[sessions["session_id"].isin(valid_ids)], pd.concat([real_m, sim_m]),
+                              contexts, manifest["view"], max_tokens=manifest["max_tokens"])
+    np.testing.assert_allclose(rescored["logit"], result.valid_scores["logit"], atol=1e-5)
+
+    # The structure baseline counts tokens with the simulator's tokenizer, whatever the backbone.
+    same_base = train_discriminator(tiny_params(), real_s, real_m, sim_s, sim_m, contexts, tiny_model_dir, tmp_path / "s",
+                                    progress=False)
+    assert result.summary["structure_baseline"] == same_base.summary["structure_baseline"]
+
+
+@pytest.mark.parametrize("backbone", ["/no/such/checkpoint", "./missing", "org/name/extra", "a file"])
+def test_a_backbone_that_is_neither_a_folder_nor_a_hub_id_is_a_clear_error(backbone, tiny_model_dir):
+    if backbone == "a file":
+        backbone = str(tiny_model_dir / "config.json")
+    with pytest.raises(DialError, match="discriminator.backbone"):
+        resolve_backbone(backbone, tiny_model_dir)
+
+
+def test_an_empty_backbone_is_the_simulators_base_and_a_hub_id_passes_through(tiny_model_dir):
+    assert resolve_backbone("", tiny_model_dir) == tiny_model_dir.as_posix()
+    assert resolve_backbone(str(tiny_model_dir), Path("models/base")) == tiny_model_dir.as_posix()
+    assert resolve_backbone("meta-llama/Llama-3.1-8B-Instruct", tiny_model_dir) == "meta-llama/Llama-3.1-8B-Instruct"
 
 
 def test_training_learns_a_separable_task_and_is_deterministic(tiny_model_dir, tmp_path):

@@ -332,21 +332,52 @@ def encode_frames(
 # --------------------------------------------------------------------------------------------
 
 
-def load_backbone(base_model_dir: Path, seed: int = 0, n_layers: int = 0):
-    """The token-classification model on the base checkpoint, one label; a newly initialised
-    `score` head is drawn from `seed`. `n_layers` > 0 keeps only the first n decoder layers (the
-    rest of the checkpoint is not loaded): a shallower reader, several times cheaper on a CPU."""
+def resolve_backbone(backbone: str, base_model_dir: Path) -> str:
+    """Where the discriminator's decoder comes from: `discriminator.backbone`, or the simulator's
+    base model folder when it is empty. A path that does not exist is an error here, not a hub
+    lookup (a hub id is `org/name`, never absolute or relative to `.`/`~`)."""
+    if not backbone:
+        return Path(base_model_dir).as_posix()
+    if Path(backbone).expanduser().is_dir():
+        return Path(backbone).expanduser().as_posix()
+    if backbone.startswith(("/", "./", "../", "~")) or Path(backbone).exists() or backbone.count("/") > 1:
+        raise DialError(f"discriminator.backbone: {backbone!r} is not a checkpoint folder (and not a hub id `org/name`)")
+    return backbone  # a hub id: transformers fetches it (or finds it in its cache)
+
+
+def load_backbone_tokenizer(backbone: str):
+    """The tokenizer of a `discriminator.backbone` (a folder or a hub id). The session encoding
+    writes its ChatML markers as text, so any tokenizer works; padding needs a pad or eos id."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(backbone, local_files_only=Path(backbone).is_dir())
+    except (OSError, ValueError) as exc:
+        raise DialError(f"discriminator.backbone {backbone}: cannot load its tokenizer: {str(exc).splitlines()[0]}") from exc
+    if tokenizer.pad_token_id is None and tokenizer.eos_token_id is None:
+        raise DialError(f"discriminator.backbone {backbone}: its tokenizer has neither a pad nor an eos token")
+    for key in ("is_local", "local_files_only"):  # how it was loaded, not what it is (as in dial.models)
+        tokenizer.init_kwargs.pop(key, None)
+    return tokenizer
+
+
+def load_backbone(base_model_dir: Path | str, seed: int = 0, n_layers: int = 0):
+    """The token-classification model on the base checkpoint (a folder, or a hub id of a
+    `discriminator.backbone`), one label; a newly initialised `score` head is drawn from `seed`.
+    `n_layers` > 0 keeps only the first n decoder layers (the rest of the checkpoint is not
+    loaded): a shallower reader, several times cheaper on a CPU."""
     import torch
     from transformers import AutoConfig, AutoModelForTokenClassification
     from transformers.utils import logging as hf_logging
 
+    local = Path(base_model_dir).is_dir()
     torch.manual_seed(seed)
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # "score.weight newly initialised" is expected here
     hf_logging.disable_progress_bar()
     try:
         config = AutoConfig.from_pretrained(
-            str(base_model_dir), num_labels=1, id2label={0: "real"}, label2id={"real": 0}, local_files_only=True
+            str(base_model_dir), num_labels=1, id2label={0: "real"}, label2id={"real": 0}, local_files_only=local
         )
         config.classifier_dropout = 0.0
         if n_layers and n_layers < config.num_hidden_layers:
@@ -354,7 +385,7 @@ def load_backbone(base_model_dir: Path, seed: int = 0, n_layers: int = 0):
             if getattr(config, "layer_types", None):
                 config.layer_types = config.layer_types[:n_layers]
         model = AutoModelForTokenClassification.from_pretrained(
-            str(base_model_dir), config=config, dtype=torch.float32, local_files_only=True
+            str(base_model_dir), config=config, dtype=torch.float32, local_files_only=local
         )
     except (OSError, ValueError) as exc:
         raise DialError(f"{base_model_dir}: cannot load a token-classification model: {exc}") from exc
@@ -382,7 +413,7 @@ def discriminator_lora_config(lora: LoraParams, model):
     return dataclasses.replace(config, task_type="TOKEN_CLS", target_modules=targets, modules_to_save=["score"])
 
 
-def new_discriminator(base_model_dir: Path, params: DiscriminatorParams):
+def new_discriminator(base_model_dir: Path | str, params: DiscriminatorParams):
     """A fresh LoRA discriminator on the base checkpoint (head and LoRA initialised from the seed)."""
     import torch
     from peft import get_peft_model
@@ -395,6 +426,8 @@ def new_discriminator(base_model_dir: Path, params: DiscriminatorParams):
 
 def load_discriminator(model_dir: Path, base_model_dir: Path | None = None, device=None):
     """(model in eval mode on `device`, tokenizer, manifest) of a trained discriminator folder.
+    `base_model_dir`: where the simulator's base model is now, for a discriminator that read with
+    it (a `discriminator.backbone` of its own is loaded from where the manifest names it).
     `device`: default CUDA when present, else the CPU (scoring in the discriminator and pairs
     stages runs where the model is)."""
     from peft import PeftModel
@@ -410,7 +443,8 @@ def load_discriminator(model_dir: Path, base_model_dir: Path | None = None, devi
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     if manifest.get("kind") != "discriminator":
         raise DialError(f"{model_dir}: {MANIFEST} describes a {manifest.get('kind')!r} model, not a discriminator")
-    base_model_dir = Path(base_model_dir or manifest["base_model"])
+    own_backbone = manifest.get("params", {}).get("backbone", "")
+    base_model_dir = manifest["base_model"] if own_backbone or not base_model_dir else base_model_dir
     n_layers = int(manifest.get("params", {}).get("n_layers", 0))
     backbone = load_backbone(base_model_dir, seed=0, n_layers=n_layers)  # the head is replaced by the saved one
     with quiet_peft_deprecation():
@@ -886,10 +920,15 @@ def train_discriminator(
     from dial.training.common import parameter_counts, resolve_precision, save_adapter, sha256_dir, training_device
 
     base_model_dir, out_dir = Path(base_model_dir), Path(out_dir)
-    tokenizer = load_tokenizer(base_model_dir)
+    backbone = resolve_backbone(params.backbone, base_model_dir)
+    simulator_tokenizer = load_tokenizer(base_model_dir)
+    tokenizer = simulator_tokenizer if backbone == base_model_dir.as_posix() else load_backbone_tokenizer(backbone)
     encoder = SessionEncoder(tokenizer, params.view, params.max_tokens, params.max_user_turns)
     selection = select_sessions(params, encoder, real_sessions, real_messages, simulated_sessions, simulated_messages, contexts)
-    baseline = selection_structure_baseline(selection, real_messages, simulated_messages, tokenizer, params.generation_cap_tokens)
+    # The at-cap feature counts tokens as the simulator generated them: with its tokenizer.
+    baseline = selection_structure_baseline(
+        selection, real_messages, simulated_messages, simulator_tokenizer, params.generation_cap_tokens
+    )
     train_items = selection.items("train")
     if not train_items:
         raise DialError(
@@ -908,7 +947,7 @@ def train_discriminator(
         "discriminator (%s view): %d train + %d valid pairs, %d training tokens/epoch, precision %s, device %s",
         params.view, selection.counts["pairs_train"], selection.counts["pairs_valid"], selection.counts["tokens_train"], precision, device,
     )
-    model = new_discriminator(base_model_dir, params).to(device)
+    model = new_discriminator(backbone, params).to(device)
     losses = train_loop(model, tokenizer, train_items, params, precision, progress, accelerator)
     if accelerator is not None:
         model = accelerator.unwrap_model(model)
@@ -937,8 +976,9 @@ def train_discriminator(
     }
     manifest = {
         "kind": "discriminator",
-        "base_model": base_model_dir.as_posix(),
-        "base_model_sha256": sha256_dir(base_model_dir),
+        "base_model": backbone,
+        "base_model_sha256": sha256_dir(Path(backbone)) if Path(backbone).is_dir() else None,
+        "simulator_base_model": base_model_dir.as_posix(),
         "adapter": "lora",
         "num_labels": 1,
         "output": "logit = log-odds that the session is real, after each token (causal)",

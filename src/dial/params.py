@@ -515,6 +515,10 @@ class DiscriminatorParams(Section):
     proportionally (logged and counted in the report)."""
 
     view: View = "user_only"
+    # The decoder the discriminator reads with: "" = the simulator's base model (models/base), or
+    # any local checkpoint folder or hub id, e.g. a smaller model than the simulator (the paper: a
+    # 70B simulator, an 8B discriminator). It tokenizes the sessions with its own tokenizer.
+    backbone: str = ""
     n_layers: int = Field(default=0, ge=0)  # first n decoder layers of the backbone only; 0 = all
     n_train: int = Field(default=64, gt=0)  # training pairs = sessions per class
     n_valid: int = Field(default=16, ge=0)  # validation pairs = real validation sessions
