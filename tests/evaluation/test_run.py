@@ -18,6 +18,9 @@ from dial.evaluation.realism import TERMINATION_COLUMNS
 from dial.params import Params
 
 REAL_TURNS = {"real-long": 10, "real-short": 2}  # user turns of the held-out real sessions
+# Real sessions no simulation is grounded on: one of a held-out (test-split) user, one of a training user.
+UNSIMULATED_TURNS = {"real-unsimulated": 4, "real-train": 3}
+SPLIT_OF = {"real-long": "test", "real-short": "test", "real-unsimulated": "test", "real-train": "train"}
 SIMULATED_TURNS = 3
 
 
@@ -48,11 +51,15 @@ def write_workspace() -> None:
     """Real held-out sessions, their contexts and one `sft` simulation of 3 user turns per real
     session, at the stage's paths under the current directory."""
     real_ids = sorted(REAL_TURNS)
-    io.SESSIONS.write(sessions_frame(real_ids, "test"), paths.sessions_file(paths.SCRUBBED_DIR))
-    io.MESSAGES.write(messages_frame([row for sid in real_ids for row in exchanges(sid, REAL_TURNS[sid])]),
+    all_turns = {**REAL_TURNS, **UNSIMULATED_TURNS}
+    all_ids = sorted(all_turns)
+    io.SESSIONS.write(sessions_frame(all_ids, "test"), paths.sessions_file(paths.SCRUBBED_DIR))
+    io.MESSAGES.write(messages_frame([row for sid in all_ids for row in exchanges(sid, all_turns[sid])]),
                       paths.messages_file(paths.SCRUBBED_DIR))
+    io.SPLITS.write(pd.DataFrame({"user_id": [f"user-of-{sid}" for sid in all_ids], "split": [SPLIT_OF[sid] for sid in all_ids]}),
+                    paths.SPLITS_FILE)
     io.CONTEXTS.write(pd.DataFrame({
-        "session_id": real_ids, "user_id": [f"user-of-{sid}" for sid in real_ids], "instruction": "be the user",
+        "session_id": all_ids, "user_id": [f"user-of-{sid}" for sid in all_ids], "instruction": "be the user",
         "profile": "", "long_term": "", "previous_summaries": json.dumps(["the user talked about work"]),
         "current_summary": "keywords: work", "recent_history": "[]", "context_text": "context", "n_tokens": 10,
         "n_previous_summaries_dropped": 0, "n_history_messages_dropped": 0, "long_term_dropped": False,
@@ -121,7 +128,7 @@ def test_metrics_and_report_give_the_counts_after_the_cut(workspace):
     assert "cut after 3 user turns" in (root / "reports" / "report.md").read_text(encoding="utf-8")
 
 
-def test_the_termination_probe_reads_whole_real_sessions(workspace, monkeypatch):
+def test_the_termination_probe_reads_whole_held_out_sessions_grounding_a_simulation_or_not(workspace, monkeypatch):
     params, _, root = workspace
     termination = params.evaluate.termination.model_copy(update={"enabled": True})
     params = params.model_copy(update={"evaluate": params.evaluate.model_copy(update={"termination": termination})})
@@ -134,7 +141,8 @@ def test_the_termination_probe_reads_whole_real_sessions(workspace, monkeypatch)
     monkeypatch.setattr(run, "load_simulator", lambda params, simulator: None)  # the stand-in probe needs no model
     monkeypatch.setattr(run, "termination_probe", probe)
     run.run_evaluate(params, ["sft"], root / "data" / "evaluation", root / "reports", progress=False)
-    assert probed == {sid: 2 * turns for sid, turns in REAL_TURNS.items()}
+    held_out = {sid: turns for sid, turns in {**REAL_TURNS, **UNSIMULATED_TURNS}.items() if SPLIT_OF[sid] == "test"}
+    assert probed == {sid: 2 * turns for sid, turns in held_out.items()}
 
 
 @pytest.mark.parametrize(("max_user_turns", "expected"), [(0, SIMULATED_TURNS), (2, 2)])

@@ -8,7 +8,8 @@ under an opaque id (`judge_inputs`): it cannot tell which simulator, if any, wro
 Like for like: real held-out sessions run far longer than simulated ones, so every session, real
 or simulated, is cut after the same number of user turns (`compared_user_turns`, `cut_sessions`)
 before the judge, the metrics or the t-SNE picture read it. Only the termination probe reads real
-sessions whole: it asks where they end. The held-out perplexity of the real user messages under
+sessions whole: it asks where they end, and draws them from every held-out (test-split) session
+with a context, not only the grounding ones (`held_out_real_sessions`). The held-out perplexity of the real user messages under
 each simulator (`dial.evaluation.perplexity`, sharing the probe's loaded model) scores each
 session's first `evaluate.perplexity.max_user_turns` user messages, by default the same cut.
 
@@ -75,6 +76,18 @@ def grounding_real_sessions(simulated: dict, real_sessions: pd.DataFrame, real_m
     sessions = real_sessions[real_sessions["session_id"].astype(str).isin(grounding)].reset_index(drop=True)
     messages = real_messages[real_messages["session_id"].astype(str).isin(grounding)].reset_index(drop=True)
     return sessions, messages
+
+
+def held_out_real_sessions(real_sessions: pd.DataFrame, real_messages: pd.DataFrame, splits: pd.DataFrame, contexts: pd.DataFrame):
+    """Every real session of a test-split user that has a context, and its messages: the termination
+    probe's pool. Any held-out session is a fair probe, grounding a simulation or not, and the
+    grounding ones alone hold too few real endings at the default size (10 sessions, 0 predicted)."""
+    test_users = set(splits.loc[splits["split"] == "test", "user_id"].astype(str))
+    with_context = set(contexts["session_id"].astype(str))
+    chosen = real_sessions["user_id"].astype(str).isin(test_users) & real_sessions["session_id"].astype(str).isin(with_context)
+    sessions = real_sessions[chosen].reset_index(drop=True)
+    messages = real_messages[real_messages["session_id"].astype(str).isin(set(sessions["session_id"].astype(str)))]
+    return sessions, messages.reset_index(drop=True)
 
 
 def load_simulator(params: Params, simulator: str):
@@ -188,11 +201,9 @@ def run_evaluate(params: Params, simulator_ids: Sequence[str], data_dir: Path, r
     """Judge, measure and report every simulator against the real held-out sessions."""
     simulated = load_simulated(simulator_ids)
     contexts = io.CONTEXTS.read(paths.CONTEXTS_FILE)
-    real_sessions, whole_real_messages = grounding_real_sessions(
-        simulated,
-        io.SESSIONS.read(paths.sessions_file(paths.SCRUBBED_DIR)),
-        io.MESSAGES.read(paths.messages_file(paths.SCRUBBED_DIR)),
-    )
+    all_real_sessions = io.SESSIONS.read(paths.sessions_file(paths.SCRUBBED_DIR))
+    all_real_messages = io.MESSAGES.read(paths.messages_file(paths.SCRUBBED_DIR))
+    real_sessions, whole_real_messages = grounding_real_sessions(simulated, all_real_sessions, all_real_messages)
     user_turns = compared_user_turns(params)
     real_messages = cut_sessions(whole_real_messages, user_turns)
     # A simulated session whose user ended it past the cut did not end within the compared turns.
@@ -232,13 +243,17 @@ def run_evaluate(params: Params, simulator_ids: Sequence[str], data_dir: Path, r
 
 
     termination, perplexity = {}, {}
+    if params.evaluate.termination.enabled:
+        probe_sessions, probe_messages = held_out_real_sessions(
+            all_real_sessions, all_real_messages, io.SPLITS.read(paths.SPLITS_FILE), contexts
+        )
     if params.evaluate.termination.enabled or params.evaluate.perplexity.enabled:
         for simulator in simulator_ids:
             generator = load_simulator(params, simulator)
             if params.evaluate.termination.enabled:
-                # Where real users end their sessions: whole sessions, not the cut ones.
+                # Where real users end their sessions: whole held-out sessions, not the cut ones.
                 termination[simulator] = termination_probe(
-                    params, generator, simulator, real_sessions, whole_real_messages, contexts, progress
+                    params, generator, simulator, probe_sessions, probe_messages, contexts, progress
                 )
             if params.evaluate.perplexity.enabled:
                 # Whole sessions too: the perplexity applies its own cap of user messages.
