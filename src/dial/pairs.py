@@ -104,6 +104,7 @@ from dial.discriminator import (
     _autocast,
     _model_device,
     _pad_id,
+    cast_frozen_linears,
     forward_logits,
     grounding_session_ids,
     is_real,
@@ -699,6 +700,7 @@ def make_pairs(
     model, tokenizer, manifest = discriminator
     view, budget, max_user_turns = manifest["view"], int(manifest["max_tokens"]), int(manifest.get("max_user_turns", 0))
     precision = resolve_precision(params.precision, _model_device(model))
+    cast_frozen_linears(model, precision)
     started = time.perf_counter()
     scores = score_sessions(
         model, tokenizer, sessions, messages, contexts, view, budget, max_user_turns, params.score_batch_size, precision,
