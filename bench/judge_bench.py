@@ -8,7 +8,11 @@
         --out /tmp/heldout.jsonl                 # how the held-out set was drawn (docs/judges.md)
     python bench/judge_bench.py --draw 5 --detectors enabled --per-detector 5 --unflagged 25 --seed 20261208 \
         --out /tmp/heldout2.jsonl                # the fresh held-out draw of round 5 (excludes every labelled file)
-    python bench/judge_bench.py --heldout --firing-rates   # both held-out draws, second raters, firing rates (~1 min)
+    python bench/judge_bench.py --draw 6 --detectors enabled --per-detector 15 --unflagged 20 --seed 20261209 \
+        --out /tmp/round6_candidates.jsonl       # round 6, the larger fresh draw (add --heldout-labels with the
+                                                 # round-4 and round-5 files only to reproduce it: by default the
+                                                 # draw now also excludes round 6 itself)
+    python bench/judge_bench.py --heldout --firing-rates   # the held-out draws, second raters, firing rates (~1 min)
 
 The labelled set (`tests/fixtures/judge_labels.jsonl`, `dial.evaluation.judges.labelled`;
 docs/judges.md says how it was drawn and labelled) holds assistant-side messages of real chats:
@@ -57,6 +61,8 @@ LABELS = REPO / "tests" / "fixtures" / "judge_labels.jsonl"
 ESCONV = REPO.parent / "shared" / "datasets" / "esconv"
 HELDOUT = REPO / "tests" / "fixtures" / "judge_labels_heldout.jsonl"  # round 4 (seed 20261207)
 HELDOUT2 = REPO / "tests" / "fixtures" / "judge_labels_heldout2.jsonl"  # round 5 (seed 20261208), after the detectors it informed changed
+HELDOUT3 = REPO / "tests" / "fixtures" / "judge_labels_heldout3.jsonl"  # round 6 (seed 20261209), same detectors as round 5, 15 per stratum
+POOLED_ROUNDS = (5, 6)  # the held-out rounds drawn with the current detectors (changed after round 4): pooled message-level precision
 SECOND_RATER = REPO / "tests" / "fixtures" / "judge_labels_second_rater.jsonl"  # 60 messages of the design set
 SECOND_RATER_ROUND5 = REPO / "tests" / "fixtures" / "judge_labels_second_rater_round5.jsonl"  # all of round 5
 
@@ -326,10 +332,11 @@ def firing_rates(esconv_dir: Path, detectors: list[str]) -> tuple[dict[str, dict
 
 
 def heldout(args, params, taxonomy) -> None:
-    """Each held-out file (round 4, then the fresh round 5 when present) on its own: none may share a
-    message with the design set or with another held-out file. The round-5 second rater's labels
-    (when present) are compared with the file they all belong to: agreement, and the judge's
-    message-level precision with the second rater's labels as the truth."""
+    """Each held-out file (round 4, then the fresh rounds 5 and 6 when present) on its own: none may
+    share a message with the design set or with another held-out file. The round-5 second rater's
+    labels (when present) are compared with the file they all belong to: agreement, and the judge's
+    message-level precision with the second rater's labels as the truth. Then the rounds of
+    POOLED_ROUNDS together (each message once, the held-out files' own labels)."""
     taken = {(row.source, row.session_id, row.turn_index): args.labels for row in load_labelled_messages(args.labels, taxonomy)}
     files = [path for path in args.heldout_labels if path.is_file()]
     sets = []
@@ -348,6 +355,8 @@ def heldout(args, params, taxonomy) -> None:
         print(text + "\n")
     covered = {label.name for label in taxonomy.categories if label.detectors}
     round5 = load_second_rater(args.second_rater_round5, taxonomy) if args.second_rater_round5.is_file() else None
+    pooled_verdicts: dict = {}
+    pooled_rows: list[LabelledMessage] = []
     for path, labelled in sets:
         rounds = sorted({row.round for row in labelled})
         name = f"held-out draw, round {'/'.join(map(str, rounds))} ({path.name})"
@@ -358,6 +367,9 @@ def heldout(args, params, taxonomy) -> None:
               f"{len(labelled) - flagged_drawn} unflagged; {sum(1 for r in labelled if r.categories)} with at least one issue\n")
         with build_judge(params.judge.model_copy(update={"backend": "rules"}), taxonomy) as judge:
             verdicts, flags = judge_verdicts(judge, sessions, labelled)
+        if set(rounds) <= set(POOLED_ROUNDS):
+            pooled_verdicts.update(verdicts)
+            pooled_rows += labelled
         print(f"## Rules detectors on the {name} (enabled ones that flag or have a labelled category)\n")
         print(heldout_detector_table(verdicts, flags, labelled, category_of, rates))
         print(f"\nrules ({name}): {message_level(verdicts, labelled, covered)}")
@@ -371,6 +383,13 @@ def heldout(args, params, taxonomy) -> None:
             print(f"rules ({name}), the first rater's labels as the truth: {message_level(verdicts, labelled, covered)}")
             print(f"rules ({name}), the second rater's labels, population-weighted: message-level precision "
                   f"{stratified_precision(judged, theirs)}\n")
+    pooled = sorted({row.round for row in pooled_rows})
+    if len(pooled) > 1:
+        # the files are disjoint (checked above), so each message counts once, with its own file's labels
+        name = f"held-out rounds {' + '.join(map(str, pooled))} pooled"
+        print(f"# {name}\n\n{len(pooled_rows)} assistant messages, {sum(1 for r in pooled_rows if r.drawn_as != UNFLAGGED)} "
+              f"drawn from the enabled detectors' flags\n")
+        print(f"rules ({name}): {message_level(pooled_verdicts, pooled_rows, covered)}\n")
     if args.second_rater.is_file():
         design_rows = load_labelled_messages(args.labels, taxonomy)
         print("\n## Inter-rater agreement (design set)\n")
@@ -395,7 +414,7 @@ def main() -> None:
     parser.add_argument("--unflagged", type=int, default=0,
                         help="--draw: also this many unflagged messages per corpus, strata partitioned (the held-out draw)")
     parser.add_argument("--heldout", action="store_true", help="instead: the rules judge on the held-out sets, and the second raters' agreement")
-    parser.add_argument("--heldout-labels", type=Path, nargs="+", default=[HELDOUT, HELDOUT2],
+    parser.add_argument("--heldout-labels", type=Path, nargs="+", default=[HELDOUT, HELDOUT2, HELDOUT3],
                         help="held-out files, each reported on its own (missing ones are skipped); --draw excludes them all")
     parser.add_argument("--second-rater", type=Path, default=SECOND_RATER, help="--heldout: a second rater's labels of design-set messages")
     parser.add_argument("--second-rater-round5", type=Path, default=SECOND_RATER_ROUND5,
