@@ -96,6 +96,21 @@ def test_fresh_heldout_set_loads_is_marked_and_disjoint_from_the_other_sets(repo
         assert not keys & {(row.source, row.session_id, row.turn_index) for row in load_labelled_messages(other, taxonomy)}
 
 
+def test_round6_heldout_set_loads_is_marked_and_disjoint_from_every_other_set(repo_root, heldout_file, labels_file, taxonomy):
+    fixtures = repo_root / "tests" / "fixtures"
+    path = fixtures / "judge_labels_heldout3.jsonl"  # round 6, seed 20261209
+    rows = load_labelled_messages(path, taxonomy)
+    raw = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    assert len(rows) >= 120 and {row.source for row in rows} == set(SOURCES)
+    assert sum(1 for row in raw if row["drawn_as"] != "unflagged") >= 90  # the flags the precision rests on
+    assert all(row["set"].startswith("heldout3") and row["round"] == 6 and row["stratum_size"] > 0 for row in raw)
+    assert all(not {"text", "previous_user"} & set(row) for row in raw if row["source"] == "esconv")  # CC BY-NC
+    keys = {(row.source, row.session_id, row.turn_index) for row in rows}
+    assert len(keys) == len(rows)
+    for other in (labels_file, heldout_file, fixtures / "judge_labels_heldout2.jsonl"):
+        assert not keys & {(row.source, row.session_id, row.turn_index) for row in load_labelled_messages(other, taxonomy)}
+
+
 def test_second_rater_labels_load_with_valid_categories_ids_only(second_rater_file, labels_file, taxonomy):
     rows = load_second_rater(second_rater_file, taxonomy)  # raises on an unknown category or any text
     assert len(rows) == 60 and len({row[:3] for row in rows}) == 60
