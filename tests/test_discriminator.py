@@ -31,7 +31,6 @@ from dial.discriminator import (
     DiscriminatorParams,
     SessionEncoder,
     binary_metrics,
-    cast_frozen_linears,
     discriminator_metrics,
     encode_frames,
     encode_session,
@@ -47,7 +46,7 @@ from dial.discriminator import (
 )
 from dial.errors import DialError
 from dial.models import load_tokenizer
-from dial.training.common import sha256_dir
+from dial.training.common import sha256_dir, store_frozen_base_in_bf16
 
 torch.set_num_threads(1)
 
@@ -400,8 +399,8 @@ def test_bf16_frozen_linears_train_to_the_same_losses_and_adapter_as_autocast_ca
     for cast in (False, True):
         model = new_discriminator(tiny_model_dir, params)
         if cast:
-            cast_frozen_linears(model, "bf16")
-            frozen = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and not m.weight.requires_grad]
+            assert store_frozen_base_in_bf16(model, "bf16") > 0
+            frozen = [m for n, m in model.named_modules() if n.endswith("base_layer")]
             assert frozen and all(m.weight.dtype == torch.bfloat16 for m in frozen)
             assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
         losses = train_loop(model, tokenizer, items, params, "bf16", progress=False)
@@ -413,7 +412,7 @@ def test_bf16_frozen_linears_train_to_the_same_losses_and_adapter_as_autocast_ca
 
 def test_fp32_leaves_every_weight_in_fp32(tiny_model_dir):
     model = new_discriminator(tiny_model_dir, tiny_params())
-    cast_frozen_linears(model, "fp32")
+    assert store_frozen_base_in_bf16(model, "fp32") == 0
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
 

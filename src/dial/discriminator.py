@@ -466,20 +466,6 @@ def _autocast(precision: str, device):
     return contextlib.nullcontext()
 
 
-def cast_frozen_linears(model, precision: str) -> None:
-    """In bf16, store the frozen linear weights (the backbone under LoRA) in bf16 once. Autocast
-    casts every fp32 weight it multiplies with at every forward pass (frozen ones are not cached),
-    which is pure memory traffic; the products are the same bits, since autocast would round them
-    to bf16 anyway. Trainable weights (LoRA, the head), embeddings and norms stay fp32."""
-    import torch
-
-    if precision != "bf16":
-        return
-    for module in model.modules():
-        if isinstance(module, torch.nn.Linear) and not any(p.requires_grad for p in module.parameters(recurse=False)):
-            module.to(torch.bfloat16)
-
-
 def _model_device(model):
     return next(model.parameters()).device
 
@@ -931,7 +917,14 @@ def train_discriminator(
     ids of each split and class)."""
     from dial import io
     from dial.models import load_tokenizer
-    from dial.training.common import parameter_counts, resolve_precision, save_adapter, sha256_dir, training_device
+    from dial.training.common import (
+        parameter_counts,
+        resolve_precision,
+        save_adapter,
+        sha256_dir,
+        store_frozen_base_in_bf16,
+        training_device,
+    )
 
     base_model_dir, out_dir = Path(base_model_dir), Path(out_dir)
     backbone = resolve_backbone(params.backbone, base_model_dir)
@@ -962,7 +955,7 @@ def train_discriminator(
         params.view, selection.counts["pairs_train"], selection.counts["pairs_valid"], selection.counts["tokens_train"], precision, device,
     )
     model = new_discriminator(backbone, params).to(device)
-    cast_frozen_linears(model, precision)
+    store_frozen_base_in_bf16(model, precision)
     losses = train_loop(model, tokenizer, train_items, params, precision, progress, accelerator)
     if accelerator is not None:
         model = accelerator.unwrap_model(model)
