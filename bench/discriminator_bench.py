@@ -19,8 +19,7 @@ the two methods' logits (causal attention: they must agree to float precision).
 
 With `--train-sessions N`: one epoch of the stage's own training loop (`train_loop`, the
 `discriminator` params of params.yaml: 12 of 30 layers, LoRA, batch 2, bf16 autocast where fast) on N qualifying sessions
-(labels alternate), as the stage trains (in bf16 the frozen base stored in bf16 once) and with
-autocast re-casting the fp32 weights at every step (as before), printing training tokens/s, the padding the length-bucketed batches leave
+(labels alternate), printing training tokens/s, the padding the length-bucketed batches leave
 against shuffled ones, and achieved FLOP/s as a share of the roofline measured in the same run
 (a 2048³ matmul in the autocast precision). Training FLOPs per token = 2 × forward: the forward
 pass and the gradients of the activations; the frozen weights get no gradient (LoRA), so the
@@ -52,7 +51,7 @@ from dial.discriminator import (
 )
 from dial.models import load_tokenizer
 from dial.params import load_params
-from dial.training.common import resolve_precision, store_frozen_base_in_bf16
+from dial.training.common import resolve_precision
 from roofline import forward_flops_per_token, matmul_roofline, precision_label
 
 
@@ -164,16 +163,10 @@ def train_throughput(args, candidates, tokenizer) -> None:
     random.Random(0).shuffle(order)
     shuffled = padded_tokens(items, [order[k : k + params.batch_size] for k in range(0, len(order), params.batch_size)])
     train_loop(model, tokenizer, items[: params.batch_size], params, precision, progress=False)  # warm-up step
-    # As the stage trains (frozen base stored in bf16 once, in bf16), and as it did before that
-    # (autocast re-casting every frozen fp32 weight at every forward): the same losses, other speed.
-    seconds = {}
-    for variant in ("stored", "recast"):
-        model = new_discriminator(args.model, params)
-        if variant == "stored":
-            store_frozen_base_in_bf16(model, precision)
-        started = time.perf_counter()
-        train_loop(model, tokenizer, items, params, precision, progress=False)
-        seconds[variant] = time.perf_counter() - started
+    model = new_discriminator(args.model, params)
+    started = time.perf_counter()
+    train_loop(model, tokenizer, items, params, precision, progress=False)
+    seconds = time.perf_counter() - started
     roofline = max(roofline, matmul_roofline(dtype))  # the machine's speed swings: the higher of before and after
     mean_length = real_tokens / len(items)
     flops = 2 * forward_flops_per_token(model, mean_length / 2)
@@ -182,12 +175,9 @@ def train_throughput(args, candidates, tokenizer) -> None:
     print(f"training: {len(items)} sessions, {real_tokens} tokens (mean {mean_length:.0f}), batch {params.batch_size}, "
           f"{layers} layers, {precision_label(dtype)}; roofline (higher of before/after) {roofline / 1e9:.0f} GFLOP/s")
     print(f"padding: length-bucketed batches {bucketed / real_tokens - 1:.1%} extra tokens, shuffled {shuffled / real_tokens - 1:.1%}")
-    for variant, label in (("recast", "weights re-cast by autocast"), ("stored", "frozen base stored in bf16 (the stage)")):
-        rate = real_tokens / seconds[variant]
-        print(f"one epoch, {label}: {seconds[variant]:.1f} s, {rate:.0f} tokens/s, {rate * flops / 1e9:.0f} GFLOP/s "
-              f"= {rate * flops / roofline:.1%} of the roofline (target >= 30%)")
-    if precision == "bf16":
-        print(f"stored / re-cast speed: {seconds['recast'] / seconds['stored']:.2f}x")
+    rate = real_tokens / seconds
+    print(f"one epoch in {seconds:.1f} s: {rate:.0f} tokens/s, {rate * flops / 1e9:.0f} GFLOP/s "
+          f"= {rate * flops / roofline:.1%} of the roofline (target >= 30%)")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ that learns and is deterministic, metrics against hand-computed values."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -32,7 +31,6 @@ from dial.discriminator import (
     SessionEncoder,
     binary_metrics,
     discriminator_metrics,
-    encode_frames,
     encode_session,
     forward_logits,
     load_backbone,
@@ -42,11 +40,10 @@ from dial.discriminator import (
     score_sessions,
     select_sessions,
     train_discriminator,
-    train_loop,
 )
 from dial.errors import DialError
 from dial.models import load_tokenizer
-from dial.training.common import sha256_dir, store_frozen_base_in_bf16
+from dial.training.common import sha256_dir
 
 torch.set_num_threads(1)
 
@@ -386,34 +383,6 @@ def test_an_empty_backbone_is_the_simulators_base_and_a_hub_id_passes_through(ti
     assert resolve_backbone("", tiny_model_dir) == tiny_model_dir.as_posix()
     assert resolve_backbone(str(tiny_model_dir), Path("models/base")) == tiny_model_dir.as_posix()
     assert resolve_backbone("meta-llama/Llama-3.1-8B-Instruct", tiny_model_dir) == "meta-llama/Llama-3.1-8B-Instruct"
-
-
-def test_bf16_frozen_linears_train_to_the_same_losses_and_adapter_as_autocast_casting_them(tiny_model_dir):
-    real_s, real_m, sim_s, sim_m, contexts = toy_corpus(8)
-    tokenizer = load_tokenizer(tiny_model_dir)
-    encoder = SessionEncoder(tokenizer, "user_only", 256)
-    items = [dataclasses.replace(item, label=k % 2) for k, item in enumerate(encode_frames(encoder, pd.concat([real_s, sim_s]),
-                                                                                         pd.concat([real_m, sim_m]), contexts))]
-    params = tiny_params(epochs=2)
-    runs = []
-    for cast in (False, True):
-        model = new_discriminator(tiny_model_dir, params)
-        if cast:
-            assert store_frozen_base_in_bf16(model, "bf16") > 0
-            frozen = [m for n, m in model.named_modules() if n.endswith("base_layer")]
-            assert frozen and all(m.weight.dtype == torch.bfloat16 for m in frozen)
-            assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
-        losses = train_loop(model, tokenizer, items, params, "bf16", progress=False)
-        runs.append((losses, {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}))
-    assert runs[0][0] == runs[1][0]
-    for key, value in runs[0][1].items():
-        torch.testing.assert_close(runs[1][1][key], value, rtol=0, atol=0)
-
-
-def test_fp32_leaves_every_weight_in_fp32(tiny_model_dir):
-    model = new_discriminator(tiny_model_dir, tiny_params())
-    assert store_frozen_base_in_bf16(model, "fp32") == 0
-    assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
 def test_training_learns_a_separable_task_and_is_deterministic(tiny_model_dir, tmp_path):

@@ -917,14 +917,7 @@ def train_discriminator(
     ids of each split and class)."""
     from dial import io
     from dial.models import load_tokenizer
-    from dial.training.common import (
-        parameter_counts,
-        resolve_precision,
-        save_adapter,
-        sha256_dir,
-        store_frozen_base_in_bf16,
-        training_device,
-    )
+    from dial.training.common import parameter_counts, resolve_precision, save_adapter, sha256_dir, training_device
 
     base_model_dir, out_dir = Path(base_model_dir), Path(out_dir)
     backbone = resolve_backbone(params.backbone, base_model_dir)
@@ -955,7 +948,6 @@ def train_discriminator(
         params.view, selection.counts["pairs_train"], selection.counts["pairs_valid"], selection.counts["tokens_train"], precision, device,
     )
     model = new_discriminator(backbone, params).to(device)
-    store_frozen_base_in_bf16(model, precision)
     losses = train_loop(model, tokenizer, train_items, params, precision, progress, accelerator)
     if accelerator is not None:
         model = accelerator.unwrap_model(model)

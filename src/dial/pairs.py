@@ -691,7 +691,7 @@ def make_pairs(
     `load_discriminator` returns; `load_simulator()` returns the simulator's `ChatGenerator` and
     is only called when there is a critical point. `discriminator_train_sessions`: the simulated
     sessions D_S trained on (no critical point there with `params.exclude_discriminator_train`)."""
-    from dial.training.common import resolve_precision, store_frozen_base_in_bf16
+    from dial.training.common import resolve_precision
 
     if is_real(sessions).any():
         bad = sessions.loc[is_real(sessions), "session_id"].head(3).tolist()
@@ -699,7 +699,6 @@ def make_pairs(
     model, tokenizer, manifest = discriminator
     view, budget, max_user_turns = manifest["view"], int(manifest["max_tokens"]), int(manifest.get("max_user_turns", 0))
     precision = resolve_precision(params.precision, _model_device(model))
-    store_frozen_base_in_bf16(model, precision)
     started = time.perf_counter()
     scores = score_sessions(
         model, tokenizer, sessions, messages, contexts, view, budget, max_user_turns, params.score_batch_size, precision,

@@ -365,20 +365,3 @@ def test_two_process_ddp_run_matches_one_process_at_the_same_global_batch(pairs_
     assert any(not torch.allclose(weights_two[k], previous[k]) for k in weights_two)  # the step moved the previous adapter
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["checkpoints", "dpo", "dpo.json", "model"]
 
-
-
-def test_bf16_with_the_frozen_base_stored_in_bf16_trains_the_same_simulator_bit_for_bit(
-    pairs_path, tiny_model_dir, previous_adapter_dir, tmp_path, monkeypatch
-):
-    from dial.training import common, dpo
-
-    params = tiny_params(precision="bf16")
-    cast = []
-    monkeypatch.setattr(dpo, "store_frozen_base_in_bf16", lambda model, precision: cast.append(common.store_frozen_base_in_bf16(model, precision)))
-    stored, _ = run(tmp_path, pairs_path, tiny_model_dir, previous_adapter_dir, name="stored", params=params)
-    assert cast and cast[0] > 0  # the policy's base linears, not the reference adapter
-    monkeypatch.setattr(dpo, "store_frozen_base_in_bf16", lambda model, precision: 0)  # autocast casts every step
-    recast, _ = run(tmp_path, pairs_path, tiny_model_dir, previous_adapter_dir, name="recast", params=params)
-    files = sorted(path.name for path in (stored / "model").iterdir())
-    assert all((stored / "model" / name).read_bytes() == (recast / "model" / name).read_bytes() for name in files)
-    assert (stored / "dpo" / "loss.csv").read_bytes() == (recast / "dpo" / "loss.csv").read_bytes()

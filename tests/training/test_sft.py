@@ -543,30 +543,3 @@ def test_two_process_ddp_run_matches_one_process_at_the_same_global_batch(sessio
     # Written once: one published folder, no staging folder left by a second writer, checkpoints gone.
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["checkpoints", "model", "sft", "sft.json"]
     assert not any((tmp_path / "two" / "checkpoints").iterdir())
-
-
-def test_bf16_with_the_frozen_base_stored_in_bf16_trains_the_same_adapter_bit_for_bit(
-    samples_path, tiny_model_dir, tmp_path, monkeypatch
-):
-    from dial.training import common, sft
-
-    params = tiny_params(precision="bf16")
-    cast = []
-    monkeypatch.setattr(sft, "store_frozen_base_in_bf16", lambda model, precision: cast.append(common.store_frozen_base_in_bf16(model, precision)))
-    stored, _ = run(tmp_path, samples_path, tiny_model_dir, name="stored", params=params)
-    assert cast and cast[0] > 0
-    monkeypatch.setattr(sft, "store_frozen_base_in_bf16", lambda model, precision: 0)  # autocast casts every step
-    recast, _ = run(tmp_path, samples_path, tiny_model_dir, name="recast", params=params)
-    files = sorted(path.name for path in (stored / "model").iterdir())
-    assert all((stored / "model" / name).read_bytes() == (recast / "model" / name).read_bytes() for name in files)
-    assert (stored / "sft" / "loss.csv").read_bytes() == (recast / "sft" / "loss.csv").read_bytes()
-
-
-def test_bf16_heldout_evaluation_runs_on_the_base_stored_in_bf16(session_samples, tiny_model_dir, tmp_path):
-    # The held-out curve's forward passes go through the same autocast as training: a bf16 base
-    # linear never meets an fp32 input outside it.
-    path = io.SFT_SAMPLES.write(session_samples, tmp_path / "samples.parquet")
-    params = tiny_params(unit="session", max_sample_tokens=0, batch_size=1, eval_steps=2, precision="bf16")
-    _, report = run(tmp_path, path, tiny_model_dir, params=params)
-    assert report["precision"] == "bf16" and len(report["heldout"]["curve"]) >= 2
-    assert all(math.isfinite(point["loss"]) for point in report["heldout"]["curve"])

@@ -62,8 +62,7 @@ def bf16_is_fast(device: torch.device) -> bool:
 def resolve_precision(precision: Precision, device: torch.device | None = None) -> ResolvedPrecision:
     """`auto` → bf16 autocast where the device computes bf16 fast, fp32 otherwise; `bf16`/`fp32` force one.
 
-    bf16 here always means autocast: trained weights (the LoRA adapter, a head) stay fp32; frozen base
-    linears may be stored in bf16 (`store_frozen_base_in_bf16`: the same products).
+    bf16 here always means autocast: the weights (and the LoRA adapter) stay fp32.
     """
     device = device or training_device()
     if precision == "fp32":
@@ -81,22 +80,6 @@ def resolve_precision(precision: Precision, device: torch.device | None = None) 
 # --------------------------------------------------------------------------------------------
 # Model
 # --------------------------------------------------------------------------------------------
-
-
-def store_frozen_base_in_bf16(model, precision: ResolvedPrecision) -> int:
-    """In bf16, keep the frozen base linears under LoRA (peft's `base_layer`s) in bf16 once,
-    instead of letting autocast re-cast every fp32 weight at every forward pass (it does not cache
-    casts of frozen weights): pure memory traffic, ~10 % of a CPU step. The products are the same
-    bits, since autocast rounds the weights to bf16 anyway; the trained adapter, the head,
-    embeddings, norms and a DPO reference adapter stay fp32. Returns the number of layers cast."""
-    if precision != "bf16":
-        return 0
-    cast = 0
-    for name, module in model.named_modules():
-        if name.endswith("base_layer") and isinstance(module, torch.nn.Linear) and not module.weight.requires_grad:
-            module.to(torch.bfloat16)
-            cast += 1
-    return cast
 
 
 def lora_config(params: LoraParams):
@@ -423,7 +406,7 @@ def shared_trainer_arguments(params, precision: ResolvedPrecision, output_dir: P
         warmup_steps=params.warmup_ratio,  # transformers 5: a float < 1 is a ratio (warmup_ratio is gone)
         max_grad_norm=params.max_grad_norm,
         weight_decay=params.weight_decay,
-        bf16=precision == "bf16",  # autocast; trained weights stay fp32 (frozen base: store_frozen_base_in_bf16)
+        bf16=precision == "bf16",  # autocast; the weights stay fp32
         fp16=False,
         use_cpu=device.type == "cpu",
         # transformers 5 renamed gradient_checkpointing; the new name wins over trl's old-name default (True).

@@ -70,7 +70,6 @@ from dial.training.common import (
     score_labelled_positions_only,
     sha256_dir,
     sha256_files,
-    store_frozen_base_in_bf16,
     training_device,
     write_loss_csv,
 )
@@ -231,8 +230,7 @@ def build_dpo_trainer(
     if not (Path(tokenizer_dir) / "tokenizer_config.json").is_file():
         tokenizer_dir = base_model_dir
     tokenizer = load_tokenizer(tokenizer_dir)
-    # fp32 weights; in bf16, autocast compute, and the frozen base linears stored in bf16 once the
-    # adapter is on (`store_frozen_base_in_bf16`: the same products, no per-step casts).
+    # fp32 weights in every precision mode: bf16 means autocast compute, not bf16 storage.
     model = AutoModelForCausalLM.from_pretrained(str(base_model_dir), dtype=torch.float32, local_files_only=True)
     peft_config = None
     if previous_adapter_dir is not None:
@@ -254,7 +252,6 @@ def build_dpo_trainer(
     quiet_trainer_output(trainer)
     if compact_lm_head and trainer.args.device.type == "cpu":
         score_labelled_positions_only(trainer.model)
-    store_frozen_base_in_bf16(trainer.model, precision)
     return trainer
 
 

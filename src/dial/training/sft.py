@@ -52,7 +52,6 @@ from dial.training.common import (
     score_labelled_positions_only,
     sha256_dir,
     sha256_files,
-    store_frozen_base_in_bf16,
     training_device,
 )
 
@@ -379,8 +378,7 @@ def build_sft_trainer(
 
     datasets.disable_progress_bars()  # a handful of fast map() calls; the training bar is what matters
     tokenizer = load_tokenizer(base_model_dir)
-    # fp32 weights; in bf16, autocast compute, and the frozen base linears stored in bf16 once the
-    # adapter is on (`store_frozen_base_in_bf16`: the same products, no per-step casts).
+    # fp32 weights in every precision mode: bf16 means autocast compute, not bf16 storage.
     model = AutoModelForCausalLM.from_pretrained(str(base_model_dir), dtype=torch.float32, local_files_only=True)
     with quiet_peft_deprecation():
         trainer = SFTTrainer(
@@ -397,7 +395,6 @@ def build_sft_trainer(
     quiet_trainer_output(trainer)
     if compact_lm_head and trainer.args.device.type == "cpu":
         score_labelled_positions_only(trainer.model)
-    store_frozen_base_in_bf16(trainer.model, precision)
     return trainer
 
 
