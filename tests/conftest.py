@@ -179,6 +179,12 @@ def build_tiny_model_dir(
 
 
 @pytest.fixture(scope="session")
+def tiny_model_builder():
+    """`build_tiny_model_dir` itself, for tests that need a second tiny model of other sizes."""
+    return build_tiny_model_dir
+
+
+@pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny, deterministic, offline chat checkpoint folder (model.safetensors + tokenizer + ChatML)."""
     return build_tiny_model_dir(tmp_path_factory.mktemp("tiny_model") / "model")

@@ -337,11 +337,9 @@ def test_all_simulations_of_a_held_out_context_are_held_out_and_the_real_session
 
 
 @pytest.fixture(scope="module")
-def other_backbone_dir(tmp_path_factory):
+def other_backbone_dir(tmp_path_factory, tiny_model_builder):
     """A decoder that is not the simulator's base: wider, deeper, with a smaller vocabulary."""
-    from conftest import build_tiny_model_dir
-
-    return build_tiny_model_dir(tmp_path_factory.mktemp("other_backbone") / "model", seed=5, vocab_size=700,
+    return tiny_model_builder(tmp_path_factory.mktemp("other_backbone") / "model", seed=5, vocab_size=700,
                                 hidden_size=48, num_hidden_layers=3)
 
 
